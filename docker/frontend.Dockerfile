@@ -1,0 +1,24 @@
+# syntax=docker/dockerfile:1.7
+# movie-mlops/frontend: the built React page behind nginx-unprivileged on :8080; /v1/ is proxied
+# to the predictor (see frontend/default.conf.template).
+ARG NODE_IMAGE=node:20.19.4-bookworm-slim
+ARG NGINX_IMAGE=nginxinc/nginx-unprivileged:1.28.0-alpine
+
+FROM ${NODE_IMAGE} AS build
+WORKDIR /src
+COPY frontend/package.json frontend/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY frontend/ ./
+RUN npm run build
+
+FROM ${NGINX_IMAGE}
+# The entrypoint renders /etc/nginx/templates/*.template into /etc/nginx/conf.d (an emptyDir in
+# the cluster, the root filesystem being read-only) and, with LOCAL_RESOLVERS, exports the pod's
+# DNS server so the proxy re-resolves the predictor's name at request time.
+ENV NGINX_ENTRYPOINT_LOCAL_RESOLVERS=1 \
+    PREDICTOR_UPSTREAM=http://127.0.0.1:8081 \
+    PREDICTOR_HOST=localhost
+COPY docker/frontend/default.conf.template /etc/nginx/templates/default.conf.template
+COPY --from=build /src/dist /usr/share/nginx/html
+USER 10001:10001
+EXPOSE 8080

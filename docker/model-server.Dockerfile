@@ -1,0 +1,32 @@
+# syntax=docker/dockerfile:1.7
+# movie-mlops/model-server: the KServe custom predictor (V1 protocol) on :8080.
+# Same lock file as the pipelines image, so the recommender artefact format cannot drift.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+COPY requirements.lock ./
+RUN pip install --no-deps -r requirements.lock
+COPY pyproject.toml ./
+COPY pipelines ./pipelines
+COPY model_server ./model_server
+COPY tmdb_sandbox ./tmdb_sandbox
+RUN pip install --no-deps .
+
+FROM ${PYTHON_IMAGE}
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --no-create-home --shell /usr/sbin/nologin app
+COPY --from=build /opt/venv /opt/venv
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 8080
+ENTRYPOINT ["python", "-m", "model_server"]
+CMD ["--model_name", "movie-recommender", "--model_dir", "/mnt/models", "--http_port", "8080"]

@@ -1,0 +1,218 @@
+"""The one-machine twin of the cluster: MLflow, the TMDB sandbox and the ingress/controller.
+
+``make up`` starts three background processes, all bound to 127.0.0.1:
+
+| service  | cluster twin                                  | default address          |
+|----------|-----------------------------------------------|--------------------------|
+| mlflow   | the MLflow Deployment (sqlite + artefact PVC) | http://127.0.0.1:5000    |
+| sandbox  | the dev overlay's in-cluster TMDB sandbox     | http://127.0.0.1:8090/3  |
+| ingress  | Knative ingress + KServe controller           | http://127.0.0.1:8080    |
+
+State lives under ``.local/`` (``LOCAL_ROOT``): ``mlflow/`` (database and the artefact store that
+plays the ``mlflow-artifacts`` PVC), ``run/`` (pid files), ``logs/``, ``stack/`` (the local
+InferenceService and its status). ``make down`` stops everything; the state stays.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from localstack.processes import (
+    ProcessError,
+    pid_alive,
+    port_in_use,
+    spawn,
+    stop_group,
+    wait_healthy,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("mlflow", "sandbox", "ingress")
+SANDBOX_TOKEN = "sandbox-token"  # the sandbox's own fake credential, not a secret
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """Where the local stack keeps its state and which loopback ports it uses."""
+
+    root: Path = Path(".local")
+    host: str = "127.0.0.1"
+    mlflow_port: int = 5000
+    sandbox_port: int = 8090
+    ingress_port: int = 8080
+    frontend_dist: Path = Path("frontend/dist")
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.root / "mlflow"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """The local stand-in for the cluster's ``mlflow-artifacts`` PVC."""
+        return self.mlflow_dir / "artifacts"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def stack_dir(self) -> Path:
+        return self.root / "stack"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def sandbox_url(self) -> str:
+        return f"http://{self.host}:{self.sandbox_port}/3"
+
+    @property
+    def ingress_url(self) -> str:
+        return f"http://{self.host}:{self.ingress_port}"
+
+    @classmethod
+    def from_env(cls) -> StackSettings:
+        env = os.environ
+        return cls(
+            root=Path(env.get("LOCAL_ROOT", ".local")),
+            mlflow_port=int(env.get("MLFLOW_PORT", "5000")),
+            sandbox_port=int(env.get("SANDBOX_PORT", "8090")),
+            ingress_port=int(env.get("INGRESS_PORT", "8080")),
+        )
+
+
+def _pidfile(settings: StackSettings, name: str) -> Path:
+    return settings.run_dir / f"{name}.pid"
+
+
+def running_pid(settings: StackSettings, name: str) -> int | None:
+    """The pid of a running service, or None (a stale pid file is removed)."""
+    path = _pidfile(settings, name)
+    try:
+        pid = int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    if pid_alive(pid):
+        return pid
+    path.unlink(missing_ok=True)
+    return None
+
+
+def _argv(settings: StackSettings, name: str) -> tuple[list[str], dict[str, str], str, float]:
+    """(argv, extra env, health URL, start timeout) of a service."""
+    py = sys.executable
+    if name == "mlflow":
+        settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+        db = (settings.mlflow_dir / "mlflow.db").resolve()
+        argv = [
+            py, "-m", "mlflow", "server",
+            "--host", settings.host,
+            "--port", str(settings.mlflow_port),
+            "--backend-store-uri", f"sqlite:///{db}",
+            "--serve-artifacts",
+            "--artifacts-destination", str(settings.artifacts_dir.resolve()),
+            "--workers", "1",
+        ]  # fmt: skip
+        # lean: one worker, no server-side job runner
+        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        return argv, env, f"{settings.mlflow_url}/health", 120.0
+    if name == "sandbox":
+        argv = [
+            py, "-m", "tmdb_sandbox",
+            "--host", settings.host,
+            "--port", str(settings.sandbox_port),
+            "--token", SANDBOX_TOKEN,
+        ]  # fmt: skip
+        return argv, {}, f"http://{settings.host}:{settings.sandbox_port}/__sandbox/health", 60.0
+    if name == "ingress":
+        argv = [
+            py, "-m", "localstack.ingress",
+            "--host", settings.host,
+            "--port", str(settings.ingress_port),
+            "--root", str(settings.root),
+            "--mlflow-url", settings.mlflow_url,
+            "--poster-base-url", f"http://{settings.host}:{settings.sandbox_port}/t/p",
+            "--frontend-dist", str(settings.frontend_dist),
+        ]  # fmt: skip
+        return argv, {}, f"{settings.ingress_url}/healthz", 60.0
+    raise ValueError(f"unknown service {name!r}")
+
+
+def _port(settings: StackSettings, name: str) -> int:
+    return {
+        "mlflow": settings.mlflow_port,
+        "sandbox": settings.sandbox_port,
+        "ingress": settings.ingress_port,
+    }[name]
+
+
+def start(settings: StackSettings, name: str) -> int:
+    """Start one service in the background unless it already runs; wait until healthy."""
+    pid = running_pid(settings, name)
+    if pid is not None:
+        log.info("%s already running (pid %d)", name, pid)
+        return pid
+    port = _port(settings, name)
+    if port_in_use(settings.host, port):
+        raise ProcessError(
+            f"{settings.host}:{port} is taken by another program; stop it or set "
+            f"{name.upper()}_PORT to a free port"
+        )
+    argv, env, health, timeout = _argv(settings, name)
+    log_file = settings.logs_dir / f"{name}.log"
+    proc = spawn(argv, log_file=log_file, env=env)
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    _pidfile(settings, name).write_text(f"{proc.pid}\n")
+    log.info("starting %s (pid %d, log %s)", name, proc.pid, log_file)
+    try:
+        wait_healthy(health, timeout=timeout, process=proc, log_file=log_file)
+    except ProcessError:
+        stop(settings, name)
+        raise
+    return proc.pid
+
+
+def stop(settings: StackSettings, name: str) -> bool:
+    """Stop one service (and its children); True if something was running."""
+    pid = running_pid(settings, name)
+    if pid is None:
+        return False
+    stop_group(pid)
+    _pidfile(settings, name).unlink(missing_ok=True)
+    log.info("stopped %s (pid %d)", name, pid)
+    return True
+
+
+def up(settings: StackSettings) -> dict[str, str]:
+    """Start the whole stack; return the URLs to show the user."""
+    for name in SERVICES:
+        start(settings, name)
+    return {
+        "mlflow": settings.mlflow_url,
+        "tmdb sandbox": settings.sandbox_url,
+        "ingress (page + predict)": settings.ingress_url,
+    }
+
+
+def down(settings: StackSettings) -> list[str]:
+    """Stop the whole stack (ingress first: it owns the model-server revisions)."""
+    return [name for name in reversed(SERVICES) if stop(settings, name)]
+
+
+def status(settings: StackSettings) -> dict[str, object]:
+    """Which services run, and the local InferenceService's status."""
+    services = {name: running_pid(settings, name) for name in SERVICES}
+    isvc_status = settings.stack_dir / "status.json"
+    isvc = json.loads(isvc_status.read_text()) if isvc_status.is_file() else None
+    return {"services": services, "inferenceservice": isvc}

@@ -1,0 +1,244 @@
+"""`RecommenderModel`: the `kserve.Model` that serves a recommender artefact.
+
+Load once (`load`: read and verify the artefact, build the display lookup), predict many
+(`preprocess` validates, `predict` calls `FittedRecommender.recommend_many` and shapes the
+answer). Scoring itself lives in `pipelines.recommenders`, so this server ranks exactly as
+``pipelines.recommenders.load(dir).recommend(...)`` does in-process.
+
+Response (V1)::
+
+    {"model_name": "movie-recommender", "model_version": "3",
+     "predictions": [{"content_ids": [...], "scores": [...], "fallback": false, "reason": null,
+                      "items": [{"content_id", "title", "poster_path", "release_date",
+                                 "vote_average", "score"}, ...]}, ...]}
+
+plus the ``X-Model-Version`` response header.
+
+Unknown content ids in a history: when the history is what the model scores (no ``user_id``, or
+a ``user_id`` the model does not know), ids the model does not know are ignored and ``reason``
+lists them; a history with no known id at all is refused (422, naming the ids), because the
+caller asked for a personalised answer that cannot be given. A known user's ranking comes from
+their training interactions and any ``history`` sent with it is not used (nor checked).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kserve import Model
+
+from model_server.errors import RequestError, UnknownContentError, UnsupportedMediaTypeError
+from model_server.metrics import Metrics
+from model_server.request import Instance, parse_body, parse_payload
+from pipelines.recommenders import FittedRecommender, Recommendation, load
+from pipelines.recommenders.artifact import CHECKSUMS
+
+log = logging.getLogger(__name__)
+
+VERSION_HEADER = "X-Model-Version"
+# What `model_server.server.JSONBodyMiddleware` sets on a JSON predict body so that KServe
+# hands the undecoded bytes to `preprocess` (KServe decodes only exact media types itself).
+UNDECODED_JSON = "application/vnd.movie-mlops.undecoded+json"
+DISPLAY_FIELDS = ("title", "poster_path", "release_date", "vote_average")
+_SHOWN_UNKNOWN = 20  # unknown ids listed in a message, at most
+
+
+def artifact_version(directory: Path, model: FittedRecommender) -> str:
+    """The version an artefact names itself when nobody says otherwise.
+
+    ``trained_on["model_version"]``, else ``run-<trained_on["run_id"]>``, else
+    ``sha256-<12 hex of checksums.json>`` (which pins every file of the artefact).
+    """
+    trained_on = model.trained_on
+    if trained_on.get("model_version"):
+        return str(trained_on["model_version"])
+    if trained_on.get("run_id"):
+        return f"run-{trained_on['run_id']}"
+    digest = json.loads((directory / CHECKSUMS).read_text()).get("files", {})
+    text = json.dumps(digest, sort_keys=True).encode()
+    return "sha256-" + hashlib.sha256(text).hexdigest()[:12]
+
+
+def _display_lookup(model: FittedRecommender) -> dict[int, dict[str, Any]]:
+    """content_id -> display fields (None where the catalog lacks them), built once at load."""
+    catalog = model.catalog
+    if catalog is None or "content_id" not in catalog:
+        return {}
+    lookup: dict[int, dict[str, Any]] = {}
+    columns = [c for c in DISPLAY_FIELDS if c in catalog.columns]
+    for row in catalog[["content_id", *columns]].itertuples(index=False):
+        values = dict(zip(["content_id", *columns], row, strict=True))
+        item: dict[str, Any] = {"content_id": int(values["content_id"])}
+        for field in DISPLAY_FIELDS:
+            item[field] = _json_value(values.get(field))
+        lookup[item["content_id"]] = item
+    return lookup
+
+
+def _json_value(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, float | np.floating):
+        return None if math.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if hasattr(value, "isoformat"):  # a date-typed release_date
+        return value.isoformat()[:10]
+    return value if isinstance(value, str) else str(value)
+
+
+class RecommenderModel(Model):
+    """Serves one recommender artefact directory under ``name``."""
+
+    def __init__(
+        self,
+        name: str,
+        model_dir: str | Path,
+        metrics: Metrics,
+        version: str | None = None,
+    ) -> None:
+        super().__init__(name, return_response_headers=True)
+        self.model_dir = Path(model_dir)
+        self.metrics = metrics
+        self.version = version or ""
+        self._requested_version = version
+        self.recommender: FittedRecommender | None = None
+        self._display: dict[int, dict[str, Any]] = {}
+
+    # -- load once ---------------------------------------------------------------------------
+
+    def load(self) -> bool:
+        """Read and verify the artefact; ``ready`` only when that succeeded.
+
+        Raises `pipelines.recommenders.errors.ArtifactError` (or its subclass
+        `ArtifactCorruptError`) for a missing, unreadable or corrupt artefact.
+        """
+        self.ready = False
+        recommender = load(self.model_dir, verify=True)
+        self.version = self._requested_version or artifact_version(self.model_dir, recommender)
+        self._display = _display_lookup(recommender)
+        self._users = recommender.known_users
+        self._items = recommender.known_items
+        self._predictions = self.metrics.predictions.labels(model_version=self.version)
+        self._fallbacks = self.metrics.fallbacks.labels(model_version=self.version)
+        self.recommender = recommender
+        log.info(
+            "loaded %s model version %s from %s: %d users, %d items, %d with display fields",
+            recommender.model_type,
+            self.version,
+            self.model_dir,
+            recommender.n_users,
+            recommender.n_items,
+            len(self._display),
+        )
+        self.ready = True
+        return self.ready
+
+    # -- predict many --------------------------------------------------------------------------
+
+    def preprocess(  # type: ignore[override]
+        self, payload: Any, headers: dict[str, str] | None = None
+    ) -> list[Instance]:
+        """Validate the body into `Instance` objects (raises `RequestError` subclasses)."""
+        if isinstance(payload, bytes | bytearray):
+            content_type = (headers or {}).get("content-type", "")
+            if content_type != UNDECODED_JSON:
+                raise UnsupportedMediaTypeError(
+                    f"Content-Type {content_type!r} is not supported; send application/json (UTF-8)"
+                )
+            return parse_body(bytes(payload))
+        if isinstance(payload, dict):  # KServe decoded it (e.g. application/cloudevents+json)
+            return parse_payload(payload)
+        raise RequestError(f"model {self.name} speaks the V1 protocol: POST {{'instances': [...]}}")
+
+    def predict(  # type: ignore[override]
+        self,
+        payload: list[Instance],
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """One prediction per instance, in order, and the version that made them."""
+        if response_headers is not None:
+            response_headers[VERSION_HEADER] = self.version
+        predictions = self.recommend(payload)
+        self._predictions.inc(len(predictions))
+        fallbacks = sum(1 for p in predictions if p["fallback"])
+        if fallbacks:
+            self._fallbacks.inc(fallbacks)
+        return {"model_name": self.name, "model_version": self.version, "predictions": predictions}
+
+    def recommend(self, instances: Sequence[Instance]) -> list[dict[str, Any]]:
+        """The ``predictions`` list for validated instances."""
+        model = self.recommender
+        assert model is not None, "load() first"
+        notes = self._check_histories(instances)
+        predictions: list[dict[str, Any] | None] = [None] * len(instances)
+        # recommend_many takes one k and one exclude_seen per call: group by exclude_seen and
+        # ask for the largest k; top-k is deterministic, so a prefix of it is the smaller top-k.
+        for exclude in (True, False):
+            rows = [i for i, inst in enumerate(instances) if inst.exclude_seen is exclude]
+            if not rows:
+                continue
+            recs = model.recommend_many(
+                [instances[i].user_id for i in rows],
+                [instances[i].history for i in rows],
+                k=max(instances[i].k for i in rows),
+                exclude_seen=exclude,
+            )
+            for i, rec in zip(rows, recs, strict=True):
+                predictions[i] = self._prediction(rec, instances[i].k, notes.get(i))
+        return predictions  # type: ignore[return-value]
+
+    def _check_histories(self, instances: Sequence[Instance]) -> dict[int, str]:
+        """Notes on ignored unknown ids; raises `UnknownContentError` for an unusable history."""
+        users = np.array(
+            [-1 if inst.user_id is None else inst.user_id for inst in instances], dtype=np.int64
+        )
+        known_user = _isin_sorted(users, self._users)
+        notes: dict[int, str] = {}
+        for i, inst in enumerate(instances):
+            if known_user[i] or not inst.history:
+                continue
+            history = np.asarray(inst.history, dtype=np.int64)
+            known = _isin_sorted(history, self._items)
+            if known.all():
+                continue
+            unknown = list(dict.fromkeys(history[~known].tolist()))
+            shown = unknown[:_SHOWN_UNKNOWN] + (["..."] if len(unknown) > _SHOWN_UNKNOWN else [])
+            listed = ", ".join(map(str, shown))
+            if not known.any():
+                raise UnknownContentError(
+                    f"instances[{i}].history holds no content id the model knows "
+                    f"(unknown: [{listed}])"
+                )
+            notes[i] = f"ignored {len(unknown)} unknown content id(s) in history: [{listed}]"
+        return notes
+
+    def _prediction(self, rec: Recommendation, k: int, note: str | None) -> dict[str, Any]:
+        reason = rec.reason if rec.fallback or note is None else note
+        out = Recommendation(rec.content_ids[:k], rec.scores[:k], rec.fallback, reason).to_dict()
+        display = self._display
+        out["items"] = [
+            {**(display.get(cid) or _no_display(cid)), "score": score}
+            for cid, score in zip(out["content_ids"], out["scores"], strict=True)
+        ]
+        return out
+
+
+def _no_display(content_id: int) -> dict[str, Any]:
+    return {"content_id": content_id, **dict.fromkeys(DISPLAY_FIELDS)}
+
+
+def _isin_sorted(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    """Which ``values`` occur in the sorted id array (the recommenders keep ids sorted)."""
+    if len(sorted_ids) == 0:
+        return np.zeros(len(values), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_ids, values), len(sorted_ids) - 1)
+    return sorted_ids[pos] == values

@@ -1,0 +1,170 @@
+"""Flags and environment -> one frozen `Settings`.
+
+The parser extends KServe's own (``kserve.model_server.parser``, as KServe's custom-predictor
+examples do), so every KServe flag keeps its meaning; this server changes some defaults so that
+several instances can run side by side on one machine and the logs stay readable:
+
+=========================== ============================== =====================================
+flag                        default                        meaning
+=========================== ============================== =====================================
+``--model_name``            ``$MODEL_NAME`` or             name in the URL paths and metrics
+                            ``movie-recommender``
+``--model_dir``             ``/mnt/models``                the artefact directory (where KServe
+                                                           mounts STORAGE_URI)
+``--model_uri``             —                              ``models:/<name>/<version>`` or
+                                                           ``models:/<name>@<alias>``, fetched
+                                                           from ``$MLFLOW_TRACKING_URI``
+``--model_version``         ``$MODEL_VERSION``             version reported in ``X-Model-Version``
+``--host``                  ``$MODEL_SERVER_HOST`` or      address uvicorn binds (KServe itself
+                            ``127.0.0.1``                  always binds 0.0.0.0); a container in
+                                                           a cluster must pass ``0.0.0.0``
+``--http_port``             ``8080`` (KServe)              HTTP port
+``--enable_grpc``           ``false`` (KServe: true)       also serve gRPC on ``--grpc_port``
+``--enable_latency_logging````false`` (KServe: true)       a log line per request with timings
+``--access_log``            ``errors``                     uvicorn access lines: ``errors``
+                                                           (status >= 400 only), ``all``, ``off``
+``--model_cache_dir``       ``$MODEL_CACHE_DIR`` or        where ``--model_uri`` downloads go
+                            ``<tmp>/movie-mlops-models``
+=========================== ============================== =====================================
+
+The served version is ``--model_version`` / ``$MODEL_VERSION`` if given, else the registered
+version of ``--model_uri``, else what the artefact says about itself
+(`model_server.model.artifact_version`: ``trained_on.model_version``, ``run-<run_id>``, or a
+hash of its checksums). ``--workers`` must stay 1: the model is loaded in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+DEFAULT_MODEL_NAME = "movie-recommender"
+DEFAULT_MODEL_DIR = Path("/mnt/models")
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
+
+
+class AccessLog(str, Enum):
+    """Which uvicorn access-log lines are written."""
+
+    ERRORS = "errors"  # only responses with status >= 400
+    ALL = "all"
+    OFF = "off"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server needs, parsed once in `main`."""
+
+    model_name: str
+    model_dir: Path | None
+    model_uri: str | None
+    model_version: str | None
+    host: str
+    http_port: int
+    grpc_port: int
+    enable_grpc: bool
+    max_threads: int
+    max_asyncio_workers: int | None
+    event_loop: str
+    timeout_keep_alive: int
+    enable_latency_logging: bool
+    access_log: AccessLog
+    access_log_format: str | None
+    configure_logging: bool
+    log_config_file: str | None
+    tracking_uri: str
+    cache_dir: Path
+
+
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    """KServe's parser plus this server's flags (defaults from ``environ``)."""
+    from kserve.model_server import parser as kserve_parser
+
+    parser = argparse.ArgumentParser(
+        prog="python -m model_server",
+        description="Serve a movie-mlops recommender artefact with KServe (V1 protocol).",
+        parents=[kserve_parser],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--model_dir",
+        type=Path,
+        default=None,
+        help=f"artefact directory (default {DEFAULT_MODEL_DIR}, where KServe mounts STORAGE_URI)",
+    )
+    source.add_argument(
+        "--model_uri",
+        default=None,
+        help="models:/<name>/<version> or models:/<name>@<alias>, via MLFLOW_TRACKING_URI",
+    )
+    parser.add_argument(
+        "--model_version",
+        default=environ.get("MODEL_VERSION") or None,
+        help="version to report (env MODEL_VERSION; else from --model_uri or the artefact)",
+    )
+    parser.add_argument(
+        "--host",
+        default=environ.get("MODEL_SERVER_HOST", DEFAULT_HOST),
+        help="address to bind (env MODEL_SERVER_HOST); 0.0.0.0 inside a cluster",
+    )
+    parser.add_argument(
+        "--access_log",
+        type=AccessLog,
+        choices=list(AccessLog),
+        default=AccessLog.ERRORS,
+        help="uvicorn access-log lines to write",
+    )
+    parser.add_argument(
+        "--model_cache_dir",
+        type=Path,
+        default=Path(
+            environ.get("MODEL_CACHE_DIR") or Path(tempfile.gettempdir()) / "movie-mlops-models"
+        ),
+        help="download cache for --model_uri (env MODEL_CACHE_DIR)",
+    )
+    parser.set_defaults(
+        model_name=environ.get("MODEL_NAME", DEFAULT_MODEL_NAME),
+        enable_grpc=False,
+        enable_latency_logging=False,
+    )
+    return parser
+
+
+def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+    """Parse flags (exits with a usage message on a bad one, like every argparse CLI)."""
+    parser = build_parser(environ)
+    args = parser.parse_args(list(argv))
+    if args.workers != 1:
+        parser.error("--workers must be 1: the model is loaded once, in this process")
+    if args.http_port == args.grpc_port and args.enable_grpc:
+        parser.error("--http_port and --grpc_port must differ")
+    model_dir = args.model_dir
+    if model_dir is None and args.model_uri is None:
+        model_dir = DEFAULT_MODEL_DIR
+    return Settings(
+        model_name=args.model_name,
+        model_dir=model_dir,
+        model_uri=args.model_uri,
+        model_version=args.model_version,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        enable_grpc=args.enable_grpc,
+        max_threads=args.max_threads,
+        max_asyncio_workers=args.max_asyncio_workers,
+        event_loop=args.event_loop,
+        timeout_keep_alive=args.timeout_keep_alive,
+        enable_latency_logging=args.enable_latency_logging,
+        access_log=args.access_log,
+        access_log_format=args.access_log_format,
+        configure_logging=args.configure_logging,
+        log_config_file=args.log_config_file,
+        tracking_uri=environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI),
+        cache_dir=args.model_cache_dir,
+    )

@@ -1,0 +1,431 @@
+"""What every recommender shares: input preparation, the scoring object and top-k selection.
+
+Two halves, so training and serving never drift apart:
+
+- a *trainer* (`Trainer` subclass, a frozen dataclass of hyperparameters) whose
+  ``fit(interactions, catalog)`` returns
+- a *fitted recommender* (`FittedRecommender` subclass): the load-once / predict-many scoring
+  object. The KServe predictor and the MLflow pyfunc wrapper both call `recommend` /
+  `recommend_many` on the object `pipelines.recommenders.load` returns, so they rank identically.
+
+The item universe is the set of content ids that occur in the training interactions (a catalog
+item nobody interacted with cannot be scored by a collaborative model; it becomes known at the
+next training run). User and item ids are kept sorted, so index order is id order and ties are
+broken towards the smaller content id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from pipelines.recommenders.errors import InvalidRequestError, TrainingDataError
+
+# Display fields that travel with a model so a server can show titles without the feature store.
+DISPLAY_COLUMNS = ["content_id", "title", "poster_path", "release_date", "vote_average"]
+
+# Watch time that counts as "one full feature film" when turning seconds into confidence.
+FULL_WATCH_SECONDS = 7200.0
+# Rows scored at once by `recommend_many`; bounds the dense (rows x n_items) score block.
+_CHUNK_ROWS = 512
+
+
+class Weighting(str, Enum):
+    """How an interaction enters a collaborative model's user-item matrix."""
+
+    BINARY = "binary"  # 1 for every (user, item) seen: the classic implicit-feedback input
+    CONFIDENCE = "confidence"  # `interaction_confidence`: more watch time / rating, more weight
+
+
+@dataclass(frozen=True, eq=False)
+class Recommendation:
+    """The top-k of one request, best first.
+
+    ``fallback`` is True when the model could not personalise (unknown user, no usable history)
+    and answered with the popularity ranking; ``reason`` then says why.
+    """
+
+    content_ids: np.ndarray  # int64
+    scores: np.ndarray  # float32
+    fallback: bool = False
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (what a V1 ``predictions`` entry carries)."""
+        return {
+            "content_ids": self.content_ids.tolist(),
+            "scores": [float(s) for s in self.scores],
+            "fallback": self.fallback,
+            "reason": self.reason,
+        }
+
+
+# -- input preparation -----------------------------------------------------------------------
+
+
+def validate_interactions(interactions: pd.DataFrame) -> pd.DataFrame:
+    """Check the columns a model trains on; return the frame with int64 ids.
+
+    ``rating`` and ``watch_seconds`` are both optional and may hold nulls; a row with neither
+    still counts as an interaction (confidence 1).
+    """
+    missing = {"user_id", "content_id"} - set(interactions.columns)
+    if missing:
+        raise TrainingDataError(f"interactions lack column(s) {sorted(missing)}")
+    if interactions.empty:
+        raise TrainingDataError("interactions are empty: nothing to train on")
+    ids = interactions[["user_id", "content_id"]]
+    if ids.isna().any().any():
+        raise TrainingDataError("interactions have null user_id or content_id")
+    try:
+        out = interactions.assign(
+            user_id=ids["user_id"].astype("int64"), content_id=ids["content_id"].astype("int64")
+        )
+    except (TypeError, ValueError) as err:
+        raise TrainingDataError(f"user_id/content_id are not integers: {err}") from err
+    return out
+
+
+def interaction_confidence(interactions: pd.DataFrame, alpha: float = 1.0) -> np.ndarray:
+    """Confidence of each interaction row: ``1 + alpha * strength``, strength in [0, ~1].
+
+    strength is the mean of the signals a row has: ``watch_seconds / 7200`` (clipped to [0, 2],
+    so a binge does not drown everything) and ``rating / max rating`` of the frame. A row with
+    neither signal has strength 0 (it still happened).
+    """
+    n = len(interactions)
+    parts: list[np.ndarray] = []
+    if "watch_seconds" in interactions:
+        watch = pd.to_numeric(interactions["watch_seconds"], errors="coerce").to_numpy(
+            dtype=np.float64, na_value=np.nan
+        )
+        parts.append(np.clip(watch / FULL_WATCH_SECONDS, 0.0, 2.0))
+    if "rating" in interactions:
+        rating = pd.to_numeric(interactions["rating"], errors="coerce").to_numpy(
+            dtype=np.float64, na_value=np.nan
+        )
+        top = np.nanmax(rating) if np.isfinite(rating).any() else 1.0
+        parts.append(np.clip(rating / (top if top > 0 else 1.0), 0.0, 1.0))
+    if not parts:
+        return np.ones(n, dtype=np.float32)
+    stacked = np.vstack(parts)
+    present = np.isfinite(stacked)
+    total = np.where(present, stacked, 0.0).sum(axis=0)
+    count = present.sum(axis=0)
+    strength = np.divide(total, count, out=np.zeros(n), where=count > 0)
+    return (1.0 + alpha * strength).astype(np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class InteractionMatrix:
+    """Training interactions as a CSR user x item matrix over sorted id universes."""
+
+    user_ids: np.ndarray  # int64, sorted, unique
+    item_ids: np.ndarray  # int64, sorted, unique
+    matrix: sp.csr_matrix  # float32 weights; duplicate (user, item) rows are summed
+    user_index: np.ndarray  # row index of every interaction row
+    item_index: np.ndarray  # column index of every interaction row
+
+
+def build_matrix(
+    interactions: pd.DataFrame, weighting: Weighting, alpha: float = 1.0
+) -> InteractionMatrix:
+    """Index users and items and build the weighted user x item matrix."""
+    frame = validate_interactions(interactions)
+    user_ids, user_index = np.unique(frame["user_id"].to_numpy(), return_inverse=True)
+    item_ids, item_index = np.unique(frame["content_id"].to_numpy(), return_inverse=True)
+    if weighting is Weighting.BINARY:
+        weights = np.ones(len(frame), dtype=np.float32)
+    else:
+        weights = interaction_confidence(frame, alpha)
+    matrix = sp.csr_matrix(
+        (weights, (user_index, item_index)),
+        shape=(len(user_ids), len(item_ids)),
+        dtype=np.float32,
+    )
+    matrix.sum_duplicates()
+    if weighting is Weighting.BINARY:
+        matrix.data[:] = 1.0
+    matrix.sort_indices()
+    return InteractionMatrix(user_ids, item_ids, matrix, user_index, item_index)
+
+
+def item_popularity(matrix: sp.csr_matrix) -> np.ndarray:
+    """Number of distinct users per item (float32): the popularity ranking and fallback."""
+    return np.bincount(matrix.indices, minlength=matrix.shape[1]).astype(np.float32)
+
+
+def display_catalog(catalog: pd.DataFrame | None, item_ids: np.ndarray) -> pd.DataFrame | None:
+    """The display fields of the catalog rows of known items (None without a catalog)."""
+    if catalog is None or "content_id" not in catalog:
+        return None
+    columns = [c for c in DISPLAY_COLUMNS if c in catalog.columns]
+    rows = catalog.loc[catalog["content_id"].isin(item_ids), columns]
+    return rows.drop_duplicates("content_id").sort_values("content_id").reset_index(drop=True)
+
+
+# -- top-k -----------------------------------------------------------------------------------
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column indices and values of each row's k best scores, best first.
+
+    Ties are broken towards the smaller column index, so the result is a function of the scores
+    alone. ``-inf`` marks excluded items: they sort last and callers drop them (a
+    `Recommendation` is then shorter than k).
+
+    For wide rows a full sort or ``argpartition`` costs ~90 µs per 10k-item row; instead we take
+    the maximum of each of ~√m blocks, whose k-th largest value is a lower bound of the row's
+    k-th best score (k blocks each hold an element at least that large). Only the few elements
+    above that bound (~k per row on real scores) are gathered and sorted.
+    """
+    n, m = scores.shape
+    k = min(k, m)
+    block = int(np.ceil(np.sqrt(m)))
+    n_blocks = -(-m // block)
+    if m <= 256 or k > n_blocks:
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return order, np.take_along_axis(scores, order, axis=1)
+    full = (m // block) * block
+    maxima = scores[:, :full].reshape(n, full // block, block).max(axis=2)
+    if full < m:
+        maxima = np.hstack([maxima, scores[:, full:].max(axis=1, keepdims=True)])
+    bound = np.partition(maxima, n_blocks - k, axis=1)[:, n_blocks - k]
+    flat = np.flatnonzero(scores >= bound[:, None])
+    rows, cols = np.divmod(flat, m)
+    vals = scores.ravel()[flat]
+    order = np.lexsort((cols, -vals, rows))
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    rank = np.arange(len(rows)) - np.searchsorted(rows, np.arange(n))[rows]
+    keep = rank < k
+    out_idx = np.zeros((n, k), dtype=np.int64)
+    out_val = np.full((n, k), -np.inf, dtype=scores.dtype)
+    out_idx[rows[keep], rank[keep]] = cols[keep]
+    out_val[rows[keep], rank[keep]] = vals[keep]
+    return out_idx, out_val
+
+
+# -- the scoring object ------------------------------------------------------------------------
+
+
+class FittedRecommender(ABC):
+    """A trained model, ready to score: pure numpy on arrays prepared once.
+
+    Subclasses implement `_score_profiles` (and may override `_score_users`); everything about
+    id lookup, exclusion of seen items, fallbacks, batching and tie-breaking lives here, so all
+    models behave the same way at the edges.
+    """
+
+    model_type: ClassVar[str]
+
+    def __init__(
+        self,
+        *,
+        params: Mapping[str, Any],
+        user_ids: np.ndarray,
+        item_ids: np.ndarray,
+        seen: sp.csr_matrix,
+        popularity: np.ndarray,
+        arrays: Mapping[str, np.ndarray],
+        catalog: pd.DataFrame | None = None,
+        trained_on: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.params = dict(params)
+        self.user_ids = np.asarray(user_ids, dtype=np.int64)
+        self.item_ids = np.asarray(item_ids, dtype=np.int64)
+        self.seen = seen.tocsr()
+        self.popularity = np.asarray(popularity, dtype=np.float32)
+        self.arrays = dict(arrays)
+        self.catalog = catalog
+        self.trained_on = dict(trained_on or {})
+        self._popular_order = top_k(self.popularity[None, :], self.n_items)[0][0]
+        self._prepare()
+
+    def _prepare(self) -> None:  # noqa: B027 - optional hook, most models need nothing
+        """Hook: derive whatever scoring needs from ``self.arrays`` (runs once, at load)."""
+
+    # -- what a server needs to validate input --------------------------------------------
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def known_items(self) -> np.ndarray:
+        """Content ids the model can score (sorted int64)."""
+        return self.item_ids
+
+    @property
+    def known_users(self) -> np.ndarray:
+        """User ids seen in training (sorted int64)."""
+        return self.user_ids
+
+    def has_item(self, content_id: int) -> bool:
+        return bool(self._lookup(self.item_ids, np.array([content_id]))[0] >= 0)
+
+    def has_user(self, user_id: int) -> bool:
+        return bool(self._lookup(self.user_ids, np.array([user_id]))[0] >= 0)
+
+    @staticmethod
+    def _lookup(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Index of each id in a sorted id array, -1 where absent."""
+        ids = np.asarray(ids, dtype=np.int64)
+        pos = np.searchsorted(sorted_ids, ids)
+        pos_c = np.minimum(pos, len(sorted_ids) - 1)
+        found = (pos < len(sorted_ids)) & (sorted_ids[pos_c] == ids)
+        return np.where(found, pos_c, -1)
+
+    # -- scoring ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def _score_profiles(self, profiles: sp.csr_matrix) -> np.ndarray:
+        """Scores (rows x n_items, float32) of users given as weighted item rows."""
+
+    def _score_users(self, user_index: np.ndarray) -> np.ndarray:
+        """Scores of known users (by row index); default: their training row as the profile."""
+        return self._score_profiles(self.seen[user_index])
+
+    def recommend(
+        self,
+        user_id: int | None = None,
+        history: Sequence[int] | None = None,
+        k: int = 10,
+        exclude_seen: bool = True,
+    ) -> Recommendation:
+        """Top-k for one request.
+
+        - a known ``user_id``: personalised from the user's training interactions, excluding
+          them unless ``exclude_seen`` is False (a passed ``history`` is then ignored);
+        - otherwise a ``history`` of content ids: scored as an anonymous user with that
+          history, excluding the history; unknown ids in it are ignored;
+        - otherwise (unknown user, no usable history): the popularity ranking, with
+          ``fallback=True`` and the reason.
+        """
+        histories = None if history is None else [history]
+        return self.recommend_many([user_id], histories, k=k, exclude_seen=exclude_seen)[0]
+
+    def recommend_many(
+        self,
+        user_ids: Sequence[int | None] | np.ndarray | None = None,
+        histories: Sequence[Sequence[int] | None] | None = None,
+        k: int = 10,
+        exclude_seen: bool = True,
+    ) -> list[Recommendation]:
+        """`recommend` for a batch of requests, scored in vectorised chunks.
+
+        ``user_ids`` and ``histories`` are parallel lists (either may be None); the result has
+        one `Recommendation` per request, in order.
+        """
+        if k < 1:
+            raise InvalidRequestError(f"k must be at least 1, got {k}")
+        if user_ids is None and histories is None:
+            raise InvalidRequestError("give user_ids, histories or both")
+        n = len(user_ids) if user_ids is not None else len(histories)  # type: ignore[arg-type]
+        if histories is not None and len(histories) != n:
+            raise InvalidRequestError("user_ids and histories must have the same length")
+        raw_users = [None] * n if user_ids is None else list(user_ids)
+        has_user = np.array([u is not None for u in raw_users], dtype=bool)
+        ids = np.array([u if u is not None else 0 for u in raw_users], dtype=np.int64)
+        user_index = np.where(has_user, self._lookup(self.user_ids, ids), -1)
+
+        results: list[Recommendation | None] = [None] * n
+        known = np.flatnonzero(user_index >= 0)
+        for start in range(0, len(known), _CHUNK_ROWS):
+            rows = known[start : start + _CHUNK_ROWS]
+            scores = self._score_users(user_index[rows])
+            if exclude_seen:
+                block = self.seen[user_index[rows]]
+                scores[
+                    np.repeat(np.arange(len(rows)), np.diff(block.indptr)), block.indices
+                ] = -np.inf
+            self._fill(results, rows, scores, k)
+
+        anonymous: list[int] = []
+        columns: list[np.ndarray] = []
+        for i in np.flatnonzero(user_index < 0):
+            history = None if histories is None else histories[i]
+            cols = self._lookup(self.item_ids, np.asarray(history or [], dtype=np.int64))
+            cols = np.unique(cols[cols >= 0])
+            if len(cols):
+                anonymous.append(int(i))
+                columns.append(cols)
+            else:
+                results[i] = self._fallback(k, self._fallback_reason(raw_users[i], history))
+        for start in range(0, len(anonymous), _CHUNK_ROWS):
+            rows = np.array(anonymous[start : start + _CHUNK_ROWS])
+            cols = columns[start : start + _CHUNK_ROWS]
+            indptr = np.concatenate([[0], np.cumsum([len(c) for c in cols])])
+            indices = np.concatenate(cols)
+            profiles = sp.csr_matrix(
+                (np.ones(len(indices), dtype=np.float32), indices, indptr),
+                shape=(len(rows), self.n_items),
+            )
+            scores = self._score_profiles(profiles)
+            if exclude_seen:
+                scores[np.repeat(np.arange(len(rows)), np.diff(indptr)), indices] = -np.inf
+            self._fill(results, rows, scores, k)
+        return results  # type: ignore[return-value]
+
+    def _fill(
+        self, results: list[Recommendation | None], rows: np.ndarray, scores: np.ndarray, k: int
+    ) -> None:
+        idx, vals = top_k(scores, k)
+        for r, i in enumerate(rows):
+            keep = np.isfinite(vals[r])
+            results[i] = Recommendation(self.item_ids[idx[r][keep]], vals[r][keep])
+
+    def _fallback(self, k: int, reason: str) -> Recommendation:
+        top = self._popular_order[:k]
+        return Recommendation(self.item_ids[top], self.popularity[top], True, reason)
+
+    @staticmethod
+    def _fallback_reason(user_id: int | None, history: Sequence[int] | None) -> str:
+        if user_id is None and not history:
+            return "no user_id or history given: popularity ranking"
+        who = "no user_id" if user_id is None else f"unknown user {user_id}"
+        if not history:
+            return f"{who} and no history: popularity ranking"
+        return f"{who} and no known content id in history: popularity ranking"
+
+    # -- persistence (see pipelines.recommenders.artifact) --------------------------------
+
+    def save(self, directory: Any) -> None:
+        """Write the artefact directory (`pipelines.recommenders.artifact.save`)."""
+        from pipelines.recommenders.artifact import save
+
+        save(self, directory)
+
+
+@dataclass(frozen=True)
+class Trainer(ABC):
+    """Hyperparameters of one model; `fit` returns its `FittedRecommender`."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def fit(
+        self,
+        interactions: pd.DataFrame,
+        catalog: pd.DataFrame | None = None,
+        trained_on: Mapping[str, Any] | None = None,
+    ) -> FittedRecommender:
+        """Train on interactions (feature-snapshot columns); ``trained_on`` is stored as-is."""
+
+    def params(self) -> dict[str, Any]:
+        """The hyperparameters as a JSON-ready dict (what MLflow logs, what the artefact keeps)."""
+        return {
+            f.name: (v.value if isinstance(v := getattr(self, f.name), Enum) else v)
+            for f in dataclasses.fields(self)
+        }

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Apply an overlay and wait for its long-running workloads.
+# Usage: scripts/deploy.sh ENV [--with-predictor]
+# The InferenceService is created once and then owned by the rollout tool (it sets STORAGE_URI,
+# MODEL_VERSION and the canary split); re-applying the manifest would roll the model back to the
+# placeholder, so later deploys skip it unless --with-predictor is given.
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
+
+env="${1:-}"
+check_env "$env"
+with_predictor="${2:-}"
+need_kubectl
+ns="$(namespace_of "$env")"
+kubectl get crd inferenceservices.serving.kserve.io >/dev/null 2>&1 \
+  || die "KServe is not installed in the current kube context: run scripts/kind-up.sh first"
+
+rendered="$(mktemp)"
+trap 'rm -f "$rendered"' EXIT
+kubectl kustomize "$ROOT/kustomize/overlays/$env" >"$rendered"
+
+if [[ "$env" != dev ]] && ! kubectl -n "$ns" get secret tmdb-credentials >/dev/null 2>&1; then
+  info "warning: secret tmdb-credentials is missing in $ns; crawl will run unauthenticated (docs/cluster.md)"
+fi
+
+info "applying overlay $env to namespace $ns"
+if [[ "$with_predictor" == --with-predictor ]] || ! kubectl -n "$ns" get inferenceservice movie-recommender >/dev/null 2>&1; then
+  kubectl apply -f "$rendered"
+else
+  info "inferenceservice/movie-recommender exists and belongs to the rollout tool: not re-applied"
+  kubectl apply -f "$rendered" -l 'movie-mlops.io/apply-once!=true'
+fi
+
+kubectl -n "$ns" rollout status deployment/mlflow --timeout=300s
+kubectl -n "$ns" rollout status deployment/frontend --timeout=180s
+if kubectl -n "$ns" get deployment tmdb-sandbox >/dev/null 2>&1; then
+  kubectl -n "$ns" rollout status deployment/tmdb-sandbox --timeout=180s
+fi
+info "deployed $env. Next: scripts/train.sh $env, then scripts/rollout.sh $env canary --version N --percent P"

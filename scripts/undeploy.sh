@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Delete everything an overlay created, including its namespace and PVCs (data is lost).
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
+
+env="${1:-}"
+check_env "$env"
+need_kubectl
+ns="$(namespace_of "$env")"
+kubectl kustomize "$ROOT/kustomize/overlays/$env" | kubectl delete --ignore-not-found --wait=false -f -
+kubectl wait --for=delete "namespace/$ns" --timeout=300s || die "namespace $ns is still terminating; check 'kubectl get all -n $ns'"
+info "removed $ns"

@@ -1,0 +1,81 @@
+"""The artefact round-trips exactly and refuses missing or tampered files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.recommenders import MODELS, load
+from pipelines.recommenders.errors import ArtifactCorruptError, ArtifactError
+from pipelines.recommenders.synthetic import synthetic_interactions
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[pd.DataFrame, pd.DataFrame]:
+    return synthetic_interactions(n_users=200, n_items=80, n_interactions=3000, seed=2)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_round_trip_gives_identical_rankings(name: str, data, tmp_path: Path) -> None:
+    interactions, catalog = data
+    params = {"epochs": 1} if name == "movie_predictor" else {}
+    fitted = MODELS[name](**params).fit(interactions, catalog, trained_on={"features": "v1"})
+    fitted.save(tmp_path)
+    loaded = load(tmp_path)
+    assert loaded.model_type == fitted.model_type
+    assert loaded.trained_on == {"features": "v1"}
+    users = [*interactions["user_id"].drop_duplicates().head(30).tolist(), -1]
+    histories = [None] * 30 + [interactions["content_id"].head(4).tolist()]
+    for a, b in zip(
+        fitted.recommend_many(users, histories),
+        loaded.recommend_many(users, histories),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a.content_ids, b.content_ids)
+        np.testing.assert_array_equal(a.scores, b.scores)
+    pd.testing.assert_frame_equal(loaded.catalog, fitted.catalog)
+    metadata = json.loads((tmp_path / "recommender.json").read_text())
+    assert metadata["n_items"] == fitted.n_items
+    assert metadata["format_version"] == 1
+
+
+@pytest.fixture
+def saved(data, tmp_path: Path) -> Path:
+    MODELS["popularity"]().fit(*data).save(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", ["arrays.npz", "recommender.json", "catalog.parquet"])
+def test_a_corrupted_file_is_refused(saved: Path, name: str) -> None:
+    path = saved / name
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ArtifactCorruptError, match=name):
+        load(saved)
+
+
+@pytest.mark.parametrize("name", ["arrays.npz", "checksums.json", "catalog.parquet"])
+def test_a_missing_file_is_refused(saved: Path, name: str) -> None:
+    (saved / name).unlink()
+    with pytest.raises(ArtifactError, match=name):
+        load(saved)
+
+
+def test_a_pickled_array_is_never_loaded(saved: Path) -> None:
+    # Even without checksum verification, object arrays (pickles) are refused.
+    with (saved / "arrays.npz").open("wb") as fh:
+        np.savez(fh, item_ids=np.array([{"evil": 1}], dtype=object))
+    with pytest.raises(ArtifactCorruptError):
+        load(saved, verify=False)
+
+
+def test_unknown_format_version_is_refused(saved: Path) -> None:
+    meta = json.loads((saved / "recommender.json").read_text())
+    (saved / "recommender.json").write_text(json.dumps({**meta, "format_version": 99}))
+    with pytest.raises(ArtifactError, match="format_version"):
+        load(saved, verify=False)
