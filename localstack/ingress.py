@@ -241,6 +241,9 @@ class Controller:
         percent = predictor.get("canaryTrafficPercent")
         traffic: list[tuple[Revision, int]] = []
         if latest.state is RevisionState.READY:
+            if percent == 0 and self.rolled_out is latest and self.previous is not None:
+                # rollback after a promote: the previous rolled-out revision takes over again
+                self.rolled_out, self.previous = self.previous, latest
             if (
                 self.rolled_out is None
                 or self.rolled_out is latest
@@ -250,8 +253,6 @@ class Controller:
                 if self.rolled_out is not latest:
                     self.previous, self.rolled_out = self.rolled_out, latest
                 traffic = [(latest, 100)]
-                if percent == 0 and self.previous is not None:  # rollback after a promote
-                    traffic = [(self.previous, 100), (latest, 0)]
             else:
                 traffic = [(self.rolled_out, 100 - int(percent)), (latest, int(percent))]
         elif self.rolled_out is not None:

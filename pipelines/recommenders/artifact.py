@@ -28,7 +28,8 @@ from pipelines.recommenders.base import FittedRecommender
 from pipelines.recommenders.errors import ArtifactCorruptError, ArtifactError
 from pipelines.snapshots import sha256_file
 
-FORMAT_VERSION = 1
+# 2: EASE stores B as CSR (model__B_indptr/B_indices/B_data) instead of a dense model__B.
+FORMAT_VERSION = 2
 METADATA = "recommender.json"
 ARRAYS = "arrays.npz"
 CATALOG = "catalog.parquet"
@@ -113,9 +114,13 @@ def load(directory: str | Path, verify: bool = True) -> FittedRecommender:
     metadata = _read_json(root / METADATA)
     version = metadata.get("format_version")
     if version != FORMAT_VERSION:
+        older = (
+            isinstance(version, int) and not isinstance(version, bool) and version < FORMAT_VERSION
+        )
+        hint = "; retrain the model to write the current format" if older else ""
         raise ArtifactError(
             f"{root / METADATA}: format_version {version!r} is not supported "
-            f"(this code reads {FORMAT_VERSION})"
+            f"(this code reads {FORMAT_VERSION}){hint}"
         )
     model_type = metadata.get("model_type")
     if model_type not in FITTED:

@@ -34,8 +34,12 @@ DISPLAY_COLUMNS = ["content_id", "title", "poster_path", "release_date", "vote_a
 
 # Watch time that counts as "one full feature film" when turning seconds into confidence.
 FULL_WATCH_SECONDS = 7200.0
-# Rows scored at once by `recommend_many`; bounds the dense (rows x n_items) score block.
-_CHUNK_ROWS = 512
+# Rows scored at once by `recommend_many`; bounds the dense (rows x n_items) score block. Small
+# enough that the block (2.5 MB at 10k items) stays in cache between scoring and top-k.
+_CHUNK_ROWS = 64
+# Up to this many requests, `recommend_many` answers each with the single-request path: the
+# vectorised path's fixed cost (sparse row slicing, index arrays) only pays off on larger batches.
+_ONE_BY_ONE_MAX = 8
 
 
 class Weighting(str, Enum):
@@ -213,6 +217,33 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return out_idx, out_val
 
 
+def top_k_row(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`top_k` of one 1-D row, minus the ``-inf`` entries: the single-request hot path.
+
+    Same algorithm and the same result as ``top_k(scores[None, :], k)`` (ties towards the smaller
+    index), with fewer numpy calls: ~10 µs instead of ~27 µs on a 10k-item row.
+    """
+    m = len(scores)
+    k = min(k, m)
+    block = int(np.ceil(np.sqrt(m)))
+    n_blocks = -(-m // block)
+    if m <= 256 or k > n_blocks:
+        order = np.argsort(-scores, kind="stable")[:k]
+    else:
+        full = (m // block) * block
+        maxima = scores[:full].reshape(-1, block).max(axis=1)
+        if full < m:
+            maxima = np.append(maxima, scores[full:].max())
+        bound = np.partition(maxima, n_blocks - k)[n_blocks - k]
+        candidates = np.flatnonzero(scores >= bound)  # ascending, so a stable sort keeps id order
+        order = candidates[np.argsort(-scores[candidates], kind="stable")[:k]]
+    values = scores[order]
+    if values[-1] == -np.inf:  # excluded items sort last: drop them
+        keep = values > -np.inf
+        order, values = order[keep], values[keep]
+    return order, values
+
+
 # -- the scoring object ------------------------------------------------------------------------
 
 
@@ -247,6 +278,10 @@ class FittedRecommender(ABC):
         self.catalog = catalog
         self.trained_on = dict(trained_on or {})
         self._popular_order = top_k(self.popularity[None, :], self.n_items)[0][0]
+        # Plain arrays of the training rows: slicing them costs no scipy object per request.
+        self._seen_indptr = self.seen.indptr
+        self._seen_indices = self.seen.indices
+        self._seen_data = np.asarray(self.seen.data, dtype=np.float32)
         self._prepare()
 
     def _prepare(self) -> None:  # noqa: B027 - optional hook, most models need nothing
@@ -297,6 +332,21 @@ class FittedRecommender(ABC):
         """Scores of known users (by row index); default: their training row as the profile."""
         return self._score_profiles(self.seen[user_index])
 
+    def _score_one(self, user_index: int, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Scores (n_items, a fresh array the caller may modify) of one request.
+
+        ``user_index`` is a known user's row (``items``/``weights`` are then their training row)
+        or -1 for an anonymous profile of ``items`` weighted by ``weights``. Must equal the
+        matching row of `_score_users` / `_score_profiles` exactly, so that `recommend` and
+        `recommend_many` rank alike; models override it to skip the batch machinery.
+        """
+        if user_index >= 0:
+            return self._score_users(np.array([user_index]))[0]
+        profile = sp.csr_matrix(
+            (weights, items, np.array([0, len(items)])), shape=(1, self.n_items)
+        )
+        return self._score_profiles(profile)[0]
+
     def recommend(
         self,
         user_id: int | None = None,
@@ -313,8 +363,34 @@ class FittedRecommender(ABC):
         - otherwise (unknown user, no usable history): the popularity ranking, with
           ``fallback=True`` and the reason.
         """
-        histories = None if history is None else [history]
-        return self.recommend_many([user_id], histories, k=k, exclude_seen=exclude_seen)[0]
+        if k < 1:
+            raise InvalidRequestError(f"k must be at least 1, got {k}")
+        index = self._user_index(user_id)
+        if index >= 0:
+            start, stop = self._seen_indptr[index], self._seen_indptr[index + 1]
+            items = self._seen_indices[start:stop]
+            scores = self._score_one(index, items, self._seen_data[start:stop])
+        else:
+            items = self._history_columns(history)
+            if not len(items):
+                return self._fallback(k, self._fallback_reason(user_id, history))
+            scores = self._score_one(-1, items, np.ones(len(items), dtype=np.float32))
+        if exclude_seen:
+            scores[items] = -np.inf
+        idx, vals = top_k_row(scores, k)
+        return Recommendation(self.item_ids[idx], vals)
+
+    def _user_index(self, user_id: int | None) -> int:
+        """Row of a known user, -1 for None or an unknown id."""
+        if user_id is None or not len(self.user_ids):
+            return -1
+        pos = int(np.searchsorted(self.user_ids, user_id))
+        return pos if pos < len(self.user_ids) and self.user_ids[pos] == user_id else -1
+
+    def _history_columns(self, history: Sequence[int] | None) -> np.ndarray:
+        """Sorted unique columns of the known content ids in a history (unknown ids dropped)."""
+        cols = self._lookup(self.item_ids, np.asarray(history or [], dtype=np.int64))
+        return np.unique(cols[cols >= 0])
 
     def recommend_many(
         self,
@@ -336,6 +412,11 @@ class FittedRecommender(ABC):
         if histories is not None and len(histories) != n:
             raise InvalidRequestError("user_ids and histories must have the same length")
         raw_users = [None] * n if user_ids is None else list(user_ids)
+        if n <= _ONE_BY_ONE_MAX:
+            return [
+                self.recommend(u, None if histories is None else histories[i], k, exclude_seen)
+                for i, u in enumerate(raw_users)
+            ]
         has_user = np.array([u is not None for u in raw_users], dtype=bool)
         ids = np.array([u if u is not None else 0 for u in raw_users], dtype=np.int64)
         user_index = np.where(has_user, self._lookup(self.user_ids, ids), -1)
@@ -356,8 +437,7 @@ class FittedRecommender(ABC):
         columns: list[np.ndarray] = []
         for i in np.flatnonzero(user_index < 0):
             history = None if histories is None else histories[i]
-            cols = self._lookup(self.item_ids, np.asarray(history or [], dtype=np.int64))
-            cols = np.unique(cols[cols >= 0])
+            cols = self._history_columns(history)
             if len(cols):
                 anonymous.append(int(i))
                 columns.append(cols)

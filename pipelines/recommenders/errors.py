@@ -24,6 +24,13 @@ class UnknownModelError(RecommenderError):
     http_status = 400
 
 
+class HyperparameterError(RecommenderError):
+    """A trainer was given a hyperparameter outside its valid range (a usage error)."""
+
+    exit_code = 2
+    http_status = 400
+
+
 class TrainingDataError(RecommenderError):
     """The interactions cannot be trained on (missing columns, no rows, bad ids)."""
 

@@ -28,7 +28,9 @@ def signature() -> ModelSignature:
     return ModelSignature(
         inputs=Schema(
             [
-                ColSpec(DataType.long, "user_id", required=False),
+                # double, not long: pandas holds a nullable integer column as float, and a batch
+                # mixing user rows with history-only rows has missing user ids
+                ColSpec(DataType.double, "user_id", required=False),
                 ColSpec(Array(DataType.long), "history", required=False),
                 ColSpec(DataType.long, "k", required=False),
                 ColSpec(DataType.boolean, "exclude_seen", required=False),

@@ -1,0 +1,354 @@
+"""The whole system on one machine, for real: `localstack.up` starts a real MLflow server, the TMDB
+sandbox and the ingress/controller on loopback; the pipeline CLIs crawl, build features, train
+and register; the rollout tool runs canaries that the controller turns into model-server
+revisions; predictions go through the ingress; the page is driven in headless Chromium.
+
+The tests run in file order and share one stack (module scope): each step builds on the last,
+as a user's session would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import requests
+
+from localstack.processes import free_port, spawn, stop_group, wait_healthy
+from localstack.stack import StackSettings, down, up
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MODEL = "movie-recommender"
+
+
+@dataclass
+class Session:
+    settings: StackSettings
+    data_dir: Path
+    env: dict[str, str]
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def predict_url(self) -> str:
+        return f"{self.settings.ingress_url}/v1/models/{MODEL}:predict"
+
+    def run(
+        self, *argv: str, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", *argv],
+            cwd=REPO_ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check:
+            assert proc.returncode == 0, f"{argv} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+        return proc
+
+    def predict(self, instances: list[dict[str, object]], **kwargs: object) -> requests.Response:
+        return requests.post(self.predict_url, json={"instances": instances}, timeout=10, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
+    root = tmp_path_factory.mktemp("local")
+    settings = StackSettings(
+        root=root / ".local",
+        mlflow_port=free_port(),
+        sandbox_port=free_port(),
+        ingress_port=free_port(),
+        frontend_dist=REPO_ROOT / "frontend" / "dist",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TMDB_", "MLFLOW_"))}
+    env.update(
+        DATA_DIR=str(root / "data"),
+        LOCAL_ROOT=str(settings.root),
+        MLFLOW_TRACKING_URI=settings.mlflow_url,
+        TMDB_BASE_URL=settings.sandbox_url,
+        TMDB_ACCESS_TOKEN="sandbox-token",
+        TMDB_RATE_LIMIT="0",
+    )
+    try:
+        up(settings)
+        yield Session(settings=settings, data_dir=root / "data", env=env)
+    finally:
+        down(settings)
+
+
+def registered_version(stdout: str) -> str:
+    for line in stdout.splitlines():
+        if line.startswith(f"registered {MODEL} version "):
+            return line.split()[3]
+    raise AssertionError(f"no registered version in:\n{stdout}")
+
+
+def test_only_loopback_listens(stack: Session) -> None:
+    out = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True, check=False).stdout
+    ports = {stack.settings.mlflow_port, stack.settings.sandbox_port, stack.settings.ingress_port}
+    listening = [line.split()[3] for line in out.splitlines() if line.split()]
+    for port in ports:
+        addresses = [a for a in listening if a.endswith(f":{port}")]
+        assert addresses, f"nothing listens on {port}"
+        assert all(a.startswith("127.0.0.1:") for a in addresses), addresses
+
+
+def test_before_any_rollout_predict_says_what_to_do(stack: Session) -> None:
+    response = stack.predict([{"user_id": 1}])
+    assert response.status_code == 503
+    assert "pipelines.rollout canary" in response.json()["error"]
+
+
+def test_crawl_features_train_registers_the_first_version_as_champion(stack: Session) -> None:
+    stack.run("pipelines.crawl", "--start-page", "1", "--end-page", "20")
+    stack.run("pipelines.features", "build", "--users", "600", "--seed", "5")
+    proc = stack.run("pipelines.train")
+    version = registered_version(proc.stdout)
+    stack.versions["first"] = version
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=stack.settings.mlflow_url)
+    mv = client.get_model_version(MODEL, version)
+    assert mv.tags["quality_gate"] == "passed"
+    assert mv.tags["model_type"] == "ease"
+    assert float(mv.tags["ndcg_at_10"]) > 1.5 * float(mv.tags["baseline_ndcg_at_10"])
+    assert set(client.get_registered_model(MODEL).aliases) == {"champion", "challenger"}
+    run = client.get_run(mv.run_id)
+    features_version = (stack.data_dir / "features" / "latest").read_text().strip()
+    assert run.data.tags["features_version"] == features_version
+    assert run.data.params["model"] == "ease"
+    artifacts = {a.path for a in client.list_artifacts(mv.run_id)}
+    assert {"kserve", "plots"} <= artifacts
+    kserve_files = {Path(a.path).name for a in client.list_artifacts(mv.run_id, "kserve")}
+    assert {"recommender.json", "arrays.npz", "checksums.json"} <= kserve_files
+
+
+def test_first_rollout_serves_the_version_with_its_name_on_every_response(stack: Session) -> None:
+    version = stack.versions["first"]
+    proc = stack.run("pipelines.rollout", "canary", "--version", version)
+    assert "100%" in proc.stdout
+    response = stack.predict([{"user_id": 1, "k": 5}, {"history": [], "k": 3}])
+    assert response.status_code == 400  # an empty history is no input: a clear 4xx
+    response = stack.predict([{"user_id": 1, "k": 5}, {"user_id": 987654321, "k": 3}])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert response.headers["X-Model-Version"] == version == body["model_version"]
+    assert len(body["predictions"]) == 2
+    assert len(body["predictions"][0]["content_ids"]) == 5
+    assert body["predictions"][1]["fallback"] is True
+    assert len(body["predictions"][1]["content_ids"]) == 3
+
+
+def _server_rankings(stack: Session, instances: list[dict[str, object]]) -> list[list[int]]:
+    response = stack.predict(instances)
+    assert response.status_code == 200, response.text
+    return [p["content_ids"] for p in response.json()["predictions"]]
+
+
+def test_mlflow_pyfunc_and_kserve_predictor_return_the_same_ranking(stack: Session) -> None:
+    import mlflow.pyfunc
+
+    version = stack.versions["first"]
+    interactions = pd.read_parquet(
+        stack.data_dir
+        / "features"
+        / (stack.data_dir / "features" / "latest").read_text().strip()
+        / "interactions.parquet"
+    )
+    users = interactions["user_id"].drop_duplicates().head(5).tolist()
+    history = interactions["content_id"].head(3).tolist()
+    instances = [{"user_id": int(u), "k": 10} for u in users] + [{"history": history, "k": 7}]
+    served = _server_rankings(stack, instances)
+
+    mlflow.set_tracking_uri(stack.settings.mlflow_url)
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{version}")
+    frame = pd.DataFrame(
+        {
+            "user_id": [int(u) for u in users] + [None],
+            "history": [None] * len(users) + [history],
+            "k": [10] * len(users) + [7],
+        }
+    )
+    predicted = model.predict(frame)
+    assert [list(ids) for ids in predicted["content_ids"]] == served
+
+    # and the predictor started from the registry (--model_uri) agrees too
+    port = free_port()
+    log_file = stack.data_dir.parent / "model-uri-server.log"
+    proc = spawn(
+        [sys.executable, "-m", "model_server", "--model_name", MODEL,
+         "--model_uri", f"models:/{MODEL}/{version}", "--http_port", str(port),
+         "--model_cache_dir", str(stack.data_dir.parent / "model-cache")],
+        log_file=log_file,
+        env={"MLFLOW_TRACKING_URI": stack.settings.mlflow_url},
+    )  # fmt: skip
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/v1/models/{MODEL}", timeout=60, process=proc,
+                     log_file=log_file)  # fmt: skip
+        direct = requests.post(
+            f"http://127.0.0.1:{port}/v1/models/{MODEL}:predict",
+            json={"instances": instances},
+            timeout=10,
+        )
+        assert direct.headers["X-Model-Version"] == version
+        assert [p["content_ids"] for p in direct.json()["predictions"]] == served
+    finally:
+        stop_group(proc.pid)
+
+
+def test_a_worse_model_is_registered_but_fails_the_quality_gate(stack: Session) -> None:
+    proc = stack.run("pipelines.train", "--model", "popularity", check=False)
+    assert proc.returncode == 9, proc.stderr
+    assert "failed the quality gate" in proc.stderr
+    assert "FAIL" in proc.stderr
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=stack.settings.mlflow_url)
+    versions = client.search_model_versions(f"name='{MODEL}'")
+    failed = max(versions, key=lambda v: int(v.version))
+    assert failed.tags["quality_gate"] == "failed"
+    assert failed.aliases == []
+    assert client.get_model_version_by_alias(MODEL, "champion").version == stack.versions["first"]
+
+
+def test_same_recipe_same_snapshot_same_metrics_and_it_becomes_challenger(stack: Session) -> None:
+    proc = stack.run("pipelines.train")
+    version = registered_version(proc.stdout)
+    stack.versions["second"] = version
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=stack.settings.mlflow_url)
+    first = client.get_model_version(MODEL, stack.versions["first"]).tags
+    second = client.get_model_version(MODEL, version).tags
+    for metric in ("ndcg_at_10", "precision_at_10", "recall_at_10", "map_at_10", "coverage"):
+        assert second[metric] == first[metric], metric
+    assert client.get_model_version_by_alias(MODEL, "challenger").version == version
+    assert client.get_model_version_by_alias(MODEL, "champion").version == stack.versions["first"]
+
+
+def test_canary_splits_traffic_by_percent_and_tags_pin_revisions(stack: Session) -> None:
+    first, second = stack.versions["first"], stack.versions["second"]
+    stack.run("pipelines.rollout", "canary", "--version", second, "--percent", "30")
+    served: Counter[str] = Counter()
+    with requests.Session() as session:
+        for _ in range(300):
+            response = session.post(
+                stack.predict_url, json={"instances": [{"user_id": 1}]}, timeout=10
+            )
+            assert response.status_code == 200
+            served[response.headers["X-Model-Version"]] += 1
+    assert set(served) == {first, second}
+    # 30 % of 300 = 90; a binomial(300, 0.3) lies in 55..125 with overwhelming probability
+    assert 55 <= served[second] <= 125, served
+    status = json.loads((stack.settings.stack_dir / "status.json").read_text())["status"]
+    traffic = {
+        t["modelVersion"]: t["percent"] for t in status["components"]["predictor"]["traffic"]
+    }
+    assert traffic == {first: 70, second: 30}
+    for host, expected in (
+        ("latest-movie-recommender.local", second),
+        ("prev-movie-recommender.local", first),
+    ):
+        response = stack.predict([{"user_id": 1}], headers={"Host": host})
+        assert response.headers["X-Model-Version"] == expected, host
+
+
+def test_promote_gives_the_canary_everything_and_moves_champion(stack: Session) -> None:
+    second = stack.versions["second"]
+    stack.run("pipelines.rollout", "promote")
+    versions = {stack.predict([{"user_id": 1}]).headers["X-Model-Version"] for _ in range(40)}
+    assert versions == {second}
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=stack.settings.mlflow_url)
+    assert client.get_model_version_by_alias(MODEL, "champion").version == second
+
+
+def test_rollback_sends_everything_back_to_the_previous_revision(stack: Session) -> None:
+    stack.run("pipelines.rollout", "rollback")
+    versions = {stack.predict([{"user_id": 1}]).headers["X-Model-Version"] for _ in range(40)}
+    assert versions == {stack.versions["first"]}
+
+
+def test_a_version_whose_artefact_is_corrupt_never_gets_traffic(stack: Session) -> None:
+    from mlflow import MlflowClient
+
+    version = registered_version(stack.run("pipelines.train").stdout)
+    client = MlflowClient(tracking_uri=stack.settings.mlflow_url)
+    run = client.get_run(client.get_model_version(MODEL, version).run_id)
+    relative = run.info.artifact_uri.removeprefix("mlflow-artifacts:/")
+    arrays = stack.settings.artifacts_dir / relative / "kserve" / "arrays.npz"
+    corrupted = bytearray(arrays.read_bytes())
+    corrupted[len(corrupted) // 2] ^= 0xFF
+    arrays.write_bytes(bytes(corrupted))
+    proc = stack.run("pipelines.rollout", "canary", "--version", version, "--percent", "50",
+                     check=False, timeout=180)  # fmt: skip
+    assert proc.returncode == 10, proc.stderr
+    assert "the new revision failed" in proc.stderr
+    # traffic stays where the rollback left it
+    versions = {stack.predict([{"user_id": 1}]).headers["X-Model-Version"] for _ in range(30)}
+    assert versions == {stack.versions["first"]}
+
+
+def test_training_against_an_unreachable_mlflow_fails_fast_and_registers_nothing(
+    stack: Session,
+) -> None:
+    env = {**stack.env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.train"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 8
+    assert "unreachable after 3 attempts" in proc.stderr
+    assert time.monotonic() - started < 60  # bounded retries, not MLflow's minutes-long default
+
+
+def test_the_page_shows_recommendations_in_headless_chromium(
+    stack: Session, tmp_path: Path
+) -> None:
+    chromium = shutil.which("chromium")
+    node_modules = REPO_ROOT / "frontend" / "node_modules" / "playwright-core"
+    if chromium is None or not node_modules.is_dir():
+        pytest.skip("needs Debian's chromium and `npm ci` in frontend/ (make test installs both)")
+    interactions = pd.read_parquet(
+        stack.data_dir
+        / "features"
+        / (stack.data_dir / "features" / "latest").read_text().strip()
+        / "interactions.parquet"
+    )
+    heavy_user = int(interactions.groupby("user_id").size().idxmax())
+    screenshot = tmp_path / "page.png"
+    proc = subprocess.run(
+        ["npm", "run", "--silent", "test:e2e"],
+        cwd=REPO_ROOT / "frontend",
+        env={
+            **os.environ,
+            "BASE_URL": stack.settings.ingress_url,
+            "SCREENSHOT": str(screenshot),
+            "E2E_USER_ID": str(heavy_user),
+            "CHROMIUM_PATH": chromium,
+        },
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert screenshot.read_bytes()[:4] == b"\x89PNG"
+    # the page asked the ingress for its runtime config and the sandbox served posters for it
+    config = requests.get(f"{stack.settings.ingress_url}/config.json", timeout=5).json()
+    assert config["posterBaseUrl"].startswith(f"http://127.0.0.1:{stack.settings.sandbox_port}")
