@@ -15,9 +15,10 @@ PAGES = 200
 _ROOT = Path(__file__).resolve().parents[1]
 
 
-def _start_sandbox(token: str) -> tuple[subprocess.Popen[str], str]:
+def start_sandbox(token: str, movies: int = PAGES * 20) -> tuple[subprocess.Popen[str], str]:
+    """A sandbox subprocess on a free loopback port; returns it and its base URL."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "tmdb_sandbox", "--port", "0", "--movies", str(PAGES * 20)],
+        [sys.executable, "-m", "tmdb_sandbox", "--port", "0", "--movies", str(movies)],
         cwd=_ROOT,
         env={**os.environ, "SANDBOX_TOKEN": token},
         stdout=subprocess.PIPE,
@@ -34,7 +35,7 @@ def _start_sandbox(token: str) -> tuple[subprocess.Popen[str], str]:
 
 def run() -> None:
     token = "bench-token"
-    process, base_url = _start_sandbox(token)
+    process, base_url = start_sandbox(token)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-crawl-") as data_dir:
             settings = CrawlSettings(

@@ -17,7 +17,8 @@ FROM ${NGINX_IMAGE}
 # DNS server so the proxy re-resolves the predictor's name at request time.
 ENV NGINX_ENTRYPOINT_LOCAL_RESOLVERS=1 \
     PREDICTOR_UPSTREAM=http://127.0.0.1:8081 \
-    PREDICTOR_HOST=localhost
+    PREDICTOR_HOST=localhost \
+    POSTER_BASE_URL=https://image.tmdb.org/t/p
 COPY docker/frontend/default.conf.template /etc/nginx/templates/default.conf.template
 COPY --from=build /src/dist /usr/share/nginx/html
 USER 10001:10001

@@ -25,6 +25,9 @@ ENV PATH=/opt/venv/bin:$PATH \
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --no-create-home --shell /usr/sbin/nologin app
 COPY --from=build /opt/venv /opt/venv
+# The code version every stage records as lineage (scripts/images.sh passes the git sha).
+ARG GIT_SHA=unknown
+ENV GIT_SHA=${GIT_SHA}
 USER 10001:10001
 WORKDIR /tmp
 EXPOSE 8080

@@ -222,14 +222,28 @@ class RecommenderModel(Model):
         return notes
 
     def _prediction(self, rec: Recommendation, k: int, note: str | None) -> dict[str, Any]:
+        """`Recommendation.to_dict` of the top ``k`` plus display ``items``.
+
+        Built directly (``tolist`` gives the same Python ints and floats as ``to_dict``): at
+        1,000 users x 10 items this loop was ~10% of a request's time.
+        """
         reason = rec.reason if rec.fallback or note is None else note
-        out = Recommendation(rec.content_ids[:k], rec.scores[:k], rec.fallback, reason).to_dict()
+        content_ids = rec.content_ids[:k].tolist()
+        scores = rec.scores[:k].tolist()
         display = self._display
-        out["items"] = [
-            {**(display.get(cid) or _no_display(cid)), "score": score}
-            for cid, score in zip(out["content_ids"], out["scores"], strict=True)
-        ]
-        return out
+        items = []
+        for cid, score in zip(content_ids, scores, strict=True):
+            shown = display.get(cid)
+            item = dict(shown) if shown is not None else _no_display(cid)
+            item["score"] = score
+            items.append(item)
+        return {
+            "content_ids": content_ids,
+            "scores": scores,
+            "fallback": rec.fallback,
+            "reason": reason,
+            "items": items,
+        }
 
 
 def _no_display(content_id: int) -> dict[str, Any]:

@@ -26,7 +26,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,6 +35,7 @@ import typer
 
 from pipelines.cli import configure_logging, run
 from pipelines.errors import ConfigError
+from pipelines.lineage import code_version
 from pipelines.snapshots import SnapshotStore, isoformat, utc_now
 from pipelines.tmdb import (
     DEFAULT_BASE_URL,
@@ -298,14 +298,6 @@ def _log_through(stream: Any) -> Iterator[None]:
 # -- the stage ----------------------------------------------------------------------------
 
 
-def _code_version() -> dict[str, str | None]:
-    try:
-        package = metadata.version("movie-mlops")
-    except metadata.PackageNotFoundError:
-        package = None
-    return {"package": package, "git_commit": os.environ.get("GIT_COMMIT") or None}
-
-
 def _row(movie: MovieRecord, page: int, rank: int) -> dict[str, Any]:
     return {
         "id": movie.id,
@@ -447,7 +439,7 @@ def crawl(settings: CrawlSettings) -> CrawlResult:
             "columns": {f.name: str(f.type) for f in MOVIES_SCHEMA},
             "started_at": isoformat(started_at),
             "finished_at": isoformat(finished_at),
-            "code_version": _code_version(),
+            "code_version": code_version(),
         }
         with store.staging(snapshot_id) as staging:
             table = pa.Table.from_pylist(rows, schema=MOVIES_SCHEMA)

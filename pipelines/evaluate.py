@@ -49,6 +49,7 @@ import typer
 
 from pipelines.cli import configure_logging, run
 from pipelines.errors import ConfigError, InputValidationError
+from pipelines.features import read_interactions
 from pipelines.recommenders import MODELS, get_trainer
 from pipelines.recommenders.base import validate_interactions
 from pipelines.snapshots import SnapshotStore
@@ -245,17 +246,6 @@ def evaluate_models(
     return pd.DataFrame(rows)
 
 
-def read_interactions_file(path: Path) -> pd.DataFrame:
-    """An external interactions file (CSV or Parquet): user_id, content_id, rating and/or
-    watch_seconds, optional timestamp (datetime, or numbers such as epoch seconds)."""
-    if not path.is_file():
-        raise ConfigError(f"interactions file {path} does not exist")
-    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    if not {"rating", "watch_seconds"} & set(frame.columns):
-        raise InputValidationError(f"{path} has neither a rating nor a watch_seconds column")
-    return frame
-
-
 # -- CLI -------------------------------------------------------------------------------------
 
 
@@ -281,7 +271,7 @@ def evaluate(settings: EvaluateSettings) -> pd.DataFrame:
         raise ConfigError("--k must be at least 1")
     catalog = None
     if settings.interactions_file is not None:
-        interactions = read_interactions_file(settings.interactions_file)
+        interactions = read_interactions(settings.interactions_file)  # validated, as features
     else:
         store = SnapshotStore(settings.data_dir / "features")
         path = store.resolve(settings.features_version)

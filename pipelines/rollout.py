@@ -11,10 +11,14 @@ local stack (the same document in ``.local/stack/inferenceservice.json``, reconc
     revision keeps the rest. With nothing rolled out yet, the version simply gets 100 %.
 ``promote``
     Drop ``canaryTrafficPercent``: the canary's revision gets 100 % and becomes the rolled-out one;
-    the MLflow alias ``champion`` moves to its version.
+    the MLflow alias ``champion`` moves to its version and the old champion becomes ``previous``.
 ``rollback``
-    ``canaryTrafficPercent: 0``: all traffic returns to the previous rolled-out revision at once,
-    no new pods needed. ``champion`` stays where it was.
+    During a canary, ``canaryTrafficPercent: 0``: all traffic returns to the last rolled-out
+    revision at once, no new pods needed, ``champion`` unchanged. After a promote, the predictor
+    is pointed back at the version aliased ``previous`` (a full rollout) and ``champion`` with it.
+
+The registry's aliases are the deployment record (``champion`` = what is served at 100 %); the
+InferenceService carries only what KServe needs (``STORAGE_URI``, ``MODEL_VERSION``, the split).
 
 Every step waits, with a timeout, until the controller has observed the change and the new
 revision is ready (or has failed, which fails the step with the controller's message).
@@ -43,7 +47,7 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "movie-recommender"
 KSERVE_GROUP, KSERVE_VERSION, KSERVE_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 ARTIFACT_PATH = "kserve"  # where training logs the plain numpy artefact inside the run
-VERSION_ANNOTATION = "movie-mlops.io/model-version"
+CHAMPION_ALIAS, PREVIOUS_ALIAS = "champion", "previous"  # MLflow aliases: what is (was) served
 STEP_ANNOTATION = (
     "movie-mlops.io/canary-step-percent"  # set per overlay: dev 50, staging 10, prod 5
 )
@@ -175,14 +179,6 @@ def storage_uri_for(tracking_uri: str, model_name: str, version: str) -> str:
     return f"pvc://mlflow-artifacts/{artifact_uri.removeprefix(prefix).strip('/')}/{ARTIFACT_PATH}"
 
 
-def set_champion(tracking_uri: str, model_name: str, version: str) -> None:
-    from mlflow import MlflowClient
-
-    MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).set_registered_model_alias(
-        model_name, "champion", version
-    )
-
-
 # -- the steps ---------------------------------------------------------------------------------
 
 
@@ -267,13 +263,20 @@ def wait_rollout(backend: Backend, generation: int, timeout: float) -> dict[str,
     )
 
 
+def _apply_version(isvc: dict[str, Any], storage_uri: str, version: str) -> None:
+    container = _container(isvc)
+    _set_env(container, "STORAGE_URI", storage_uri)
+    _set_env(container, "MODEL_VERSION", version)
+
+
 def canary(
     settings: RolloutSettings, backend: Backend, version: str, percent: int | None = None
 ) -> dict[str, Any]:
     """Roll ``version`` out to ``percent`` % of traffic (100 % when nothing is rolled out).
 
     Without ``percent`` the environment's step applies: the InferenceService's
-    ``movie-mlops.io/canary-step-percent`` annotation (set by the overlay).
+    ``movie-mlops.io/canary-step-percent`` annotation (set by the overlay). A rollout to 100 %
+    (the first one, or ``--percent 100``) is a promotion and moves the aliases like `promote`.
     """
     isvc = backend.get()
     if isvc is None:
@@ -296,40 +299,91 @@ def canary(
     rolled_out = (status.get("components", {}).get("predictor", {}) or {}).get(
         "latestRolledoutRevision"
     )
-    container = _container(isvc)
-    _set_env(container, "STORAGE_URI", storage_uri)
-    _set_env(container, "MODEL_VERSION", version)
-    isvc["metadata"].setdefault("annotations", {})[VERSION_ANNOTATION] = version
+    _apply_version(isvc, storage_uri, version)
     predictor = isvc["spec"]["predictor"]
-    if rolled_out and percent < 100:
-        predictor["canaryTrafficPercent"] = percent
-    else:
+    full = not rolled_out or percent == 100
+    if full:
         predictor.pop("canaryTrafficPercent", None)
+    else:
+        predictor["canaryTrafficPercent"] = percent
     applied = backend.apply(_spec_only(isvc))
-    mode = f"canary {percent}%" if "canaryTrafficPercent" in predictor else "full rollout"
-    log.info("version %s -> %s (%s)", version, storage_uri, mode)
-    return wait_rollout(backend, int(applied["metadata"]["generation"]), settings.timeout)
+    log.info("version %s -> %s (%s)", version, storage_uri,
+             "full rollout" if full else f"canary {percent}%")  # fmt: skip
+    status = wait_rollout(backend, int(applied["metadata"]["generation"]), settings.timeout)
+    if full:
+        _move_champion(settings, version)
+    return status
 
 
 def promote(settings: RolloutSettings, backend: Backend) -> dict[str, Any]:
     """Give the canary 100 % and move the `champion` alias to its version."""
     isvc = _require(backend, settings)
+    predictor = isvc["spec"]["predictor"]
+    if predictor.get("canaryTrafficPercent") == 0:
+        raise RolloutError("the canary was rolled back; start a new canary before promoting")
     version = served_version(isvc)
-    isvc["spec"]["predictor"].pop("canaryTrafficPercent", None)
+    predictor.pop("canaryTrafficPercent", None)
     applied = backend.apply(_spec_only(isvc))
     status = wait_rollout(backend, int(applied["metadata"]["generation"]), settings.timeout)
     if version:
-        set_champion(settings.tracking_uri, settings.model_name, version)
-        log.info("alias champion -> version %s", version)
+        _move_champion(settings, version)
     return status
 
 
 def rollback(settings: RolloutSettings, backend: Backend) -> dict[str, Any]:
-    """Send all traffic back to the previous rolled-out revision (canaryTrafficPercent: 0)."""
+    """Undo the last step.
+
+    During a canary: ``canaryTrafficPercent: 0`` — KServe sends all traffic back to the last
+    rolled-out revision at once, no new pods needed. After a promote: the predictor is pointed
+    at the version aliased ``previous`` (a full rollout), and ``champion`` moves back to it.
+    """
     isvc = _require(backend, settings)
-    isvc["spec"]["predictor"]["canaryTrafficPercent"] = 0
+    predictor = isvc["spec"]["predictor"]
+    if predictor.get("canaryTrafficPercent") not in (None, 100):
+        predictor["canaryTrafficPercent"] = 0
+        applied = backend.apply(_spec_only(isvc))
+        return wait_rollout(backend, int(applied["metadata"]["generation"]), settings.timeout)
+    previous = _alias_version(settings, PREVIOUS_ALIAS)
+    if previous is None:
+        raise RolloutError(
+            f"nothing to roll back to: no canary is running and no version is aliased "
+            f"{PREVIOUS_ALIAS!r} (it is set when a promote replaces a champion)"
+        )
+    storage_uri = storage_uri_for(settings.tracking_uri, settings.model_name, previous)
+    _apply_version(isvc, storage_uri, previous)
+    predictor.pop("canaryTrafficPercent", None)
     applied = backend.apply(_spec_only(isvc))
-    return wait_rollout(backend, int(applied["metadata"]["generation"]), settings.timeout)
+    log.info("rolling back to version %s (%s)", previous, storage_uri)
+    status = wait_rollout(backend, int(applied["metadata"]["generation"]), settings.timeout)
+    _move_champion(settings, previous, keep_previous=False)
+    return status
+
+
+def _alias_version(settings: RolloutSettings, alias: str) -> str | None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    try:
+        return str(client.get_model_version_by_alias(settings.model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def _move_champion(settings: RolloutSettings, version: str, keep_previous: bool = True) -> None:
+    """``champion`` -> version; the old champion becomes ``previous`` (the rollback target)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    old = _alias_version(settings, CHAMPION_ALIAS)
+    if old == version:
+        return
+    if keep_previous and old is not None:
+        client.set_registered_model_alias(settings.model_name, PREVIOUS_ALIAS, old)
+    elif not keep_previous:
+        client.delete_registered_model_alias(settings.model_name, PREVIOUS_ALIAS)
+    client.set_registered_model_alias(settings.model_name, CHAMPION_ALIAS, version)
+    log.info("alias %s -> version %s (was %s)", CHAMPION_ALIAS, version, old)
 
 
 def _require(backend: Backend, settings: RolloutSettings) -> dict[str, Any]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from pipelines.errors import (
 )
 from pipelines.evaluate import SplitProtocol, evaluate_fitted, split_holdout
 from pipelines.features import DEFAULT_DATA_DIR, load_features
+from pipelines.lineage import git_sha
 from pipelines.recommenders import BEST_MODEL, MODELS, FittedRecommender, get_trainer
 from pipelines.snapshots import MANIFEST, sha256_file
 
@@ -107,19 +107,6 @@ def wait_for_tracking(uri: str, retries: int) -> None:
         f"MLflow at {uri} is unreachable after {retries} attempts ({last}); start it with "
         "`make up` or set MLFLOW_TRACKING_URI; nothing was logged or registered"
     )
-
-
-def git_sha() -> str:
-    """The code version: $GIT_SHA (set in images) or the checkout's HEAD."""
-    if sha := os.environ.get("GIT_SHA"):
-        return sha
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
 
 
 # -- evaluation helpers --------------------------------------------------------------------

@@ -7,6 +7,7 @@ source "$(dirname "$0")/lib.sh"
 
 need_docker
 [[ -f "$ROOT/requirements.lock" ]] || die "requirements.lock missing: run 'make lock' first"
+git_sha="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)"
 targets=("$@")
 [[ ${#targets[@]} -gt 0 ]] || targets=("${IMAGES[@]}")
 for image in "${targets[@]}"; do
@@ -16,5 +17,6 @@ for image in "${targets[@]}"; do
     die "frontend/package-lock.json missing: run 'npm install' in frontend/ and commit the lock file"
   fi
   info "building movie-mlops/$image:$IMAGE_TAG"
-  DOCKER_BUILDKIT=1 docker build -f "$dockerfile" -t "movie-mlops/$image:$IMAGE_TAG" "$ROOT"
+  DOCKER_BUILDKIT=1 docker build -f "$dockerfile" -t "movie-mlops/$image:$IMAGE_TAG" \
+    --build-arg "GIT_SHA=$git_sha" "$ROOT"
 done

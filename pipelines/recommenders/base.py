@@ -34,9 +34,9 @@ DISPLAY_COLUMNS = ["content_id", "title", "poster_path", "release_date", "vote_a
 
 # Watch time that counts as "one full feature film" when turning seconds into confidence.
 FULL_WATCH_SECONDS = 7200.0
-# Rows scored at once by `recommend_many`; bounds the dense (rows x n_items) score block. Small
-# enough that the block (2.5 MB at 10k items) stays in cache between scoring and top-k.
-_CHUNK_ROWS = 64
+# Rows scored at once by `recommend_many`; bounds the dense (rows x n_items) float32 score block
+# (10 MB at 10k items). Larger blocks gained nothing on 1,000 users x 10k items.
+_CHUNK_ROWS = 256
 # Up to this many requests, `recommend_many` answers each with the single-request path: the
 # vectorised path's fixed cost (sparse row slicing, index arrays) only pays off on larger batches.
 _ONE_BY_ONE_MAX = 8
@@ -186,23 +186,22 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     alone. ``-inf`` marks excluded items: they sort last and callers drop them (a
     `Recommendation` is then shorter than k).
 
-    For wide rows a full sort or ``argpartition`` costs ~90 µs per 10k-item row; instead we take
-    the maximum of each of ~√m blocks, whose k-th largest value is a lower bound of the row's
-    k-th best score (k blocks each hold an element at least that large). Only the few elements
-    above that bound (~k per row on real scores) are gathered and sorted.
+    For wide rows a full sort or ``argpartition`` costs ~90 µs per 10k-item row; instead we split
+    each row into ~√m groups (the columns of a ``(depth, groups)`` reshape, whose maxima are one
+    vectorised element-wise ``max``) and take the k-th largest group maximum: a lower bound of
+    the row's k-th best score (k groups each hold an element at least that large; items left
+    out of the reshape only add candidates). Only the few elements above that bound (~k per
+    row on real scores) are gathered and sorted.
     """
     n, m = scores.shape
     k = min(k, m)
-    block = int(np.ceil(np.sqrt(m)))
-    n_blocks = -(-m // block)
-    if m <= 256 or k > n_blocks:
+    depth = int(np.sqrt(m))
+    groups = m // depth if depth else 0
+    if m <= 256 or k > groups:
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return order, np.take_along_axis(scores, order, axis=1)
-    full = (m // block) * block
-    maxima = scores[:, :full].reshape(n, full // block, block).max(axis=2)
-    if full < m:
-        maxima = np.hstack([maxima, scores[:, full:].max(axis=1, keepdims=True)])
-    bound = np.partition(maxima, n_blocks - k, axis=1)[:, n_blocks - k]
+    maxima = scores[:, : depth * groups].reshape(n, depth, groups).max(axis=1)
+    bound = np.partition(maxima, groups - k, axis=1)[:, groups - k]
     flat = np.flatnonzero(scores >= bound[:, None])
     rows, cols = np.divmod(flat, m)
     vals = scores.ravel()[flat]
@@ -220,25 +219,22 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def top_k_row(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """`top_k` of one 1-D row, minus the ``-inf`` entries: the single-request hot path.
 
-    Same algorithm and the same result as ``top_k(scores[None, :], k)`` (ties towards the smaller
-    index), with fewer numpy calls: ~10 µs instead of ~27 µs on a 10k-item row.
+    The same algorithm and result as ``top_k(scores[None, :], k)`` (ties towards the smaller
+    index) without the batch bookkeeping: ~14 µs instead of ~30 µs on a 10k-item row.
     """
     m = len(scores)
     k = min(k, m)
-    block = int(np.ceil(np.sqrt(m)))
-    n_blocks = -(-m // block)
-    if m <= 256 or k > n_blocks:
+    depth = int(np.sqrt(m))
+    groups = m // depth if depth else 0
+    if m <= 256 or k > groups:
         order = np.argsort(-scores, kind="stable")[:k]
     else:
-        full = (m // block) * block
-        maxima = scores[:full].reshape(-1, block).max(axis=1)
-        if full < m:
-            maxima = np.append(maxima, scores[full:].max())
-        bound = np.partition(maxima, n_blocks - k)[n_blocks - k]
-        candidates = np.flatnonzero(scores >= bound)  # ascending, so a stable sort keeps id order
+        maxima = scores[: depth * groups].reshape(depth, groups).max(axis=0)
+        bound = np.partition(maxima, groups - k)[groups - k]
+        candidates = np.flatnonzero(scores >= bound)  # ascending: a stable sort keeps id order
         order = candidates[np.argsort(-scores[candidates], kind="stable")[:k]]
     values = scores[order]
-    if values[-1] == -np.inf:  # excluded items sort last: drop them
+    if len(values) and values[-1] == -np.inf:  # excluded items sort last: drop them
         keep = values > -np.inf
         order, values = order[keep], values[keep]
     return order, values

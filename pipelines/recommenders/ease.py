@@ -123,14 +123,15 @@ class FittedEASE(FittedRecommender):
                 f"{len(indices)} column indices, {len(data)} values"
             )
         # Rows padded to one width (column 0, weight 0: adds an exact +0.0), so gathering the
-        # rows of a profile is one 2-D fancy index. Without short rows this is a free reshape.
+        # rows of a profile is one 2-D fancy index. Columns are held as intp, what np.bincount
+        # takes without a conversion (+8 MB at 10k items x 200, ~15% off a batch).
         lengths = np.diff(indptr)
         width = int(lengths.max(initial=0))
         if np.all(lengths == width):
-            self._cols = indices.reshape(n, width)
+            self._cols = indices.reshape(n, width).astype(np.intp)
             self._vals = data.reshape(n, width)
         else:
-            self._cols = np.zeros((n, width), dtype=np.int32)
+            self._cols = np.zeros((n, width), dtype=np.intp)
             self._vals = np.zeros((n, width), dtype=np.float32)
             mask = np.arange(width) < lengths[:, None]
             self._cols[mask] = indices
@@ -147,9 +148,11 @@ class FittedEASE(FittedRecommender):
     # round once to float32, so `recommend` and `recommend_many` give bit-identical scores.
 
     def _score_one(self, user_index: int, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        cols = self._cols[items].ravel()
-        vals = (self._vals[items] * weights[:, None]).ravel()
-        return np.bincount(cols, vals, minlength=self.n_items).astype(np.float32)
+        vals = self._vals[items]
+        vals *= weights[:, None]
+        return np.bincount(self._cols[items].ravel(), vals.ravel(), minlength=self.n_items).astype(
+            np.float32
+        )
 
     def _score_profiles(self, profiles: sp.csr_matrix) -> np.ndarray:
         n = self.n_items
@@ -160,9 +163,11 @@ class FittedEASE(FittedRecommender):
             lo, hi = profiles.indptr[start], profiles.indptr[stop]
             items = profiles.indices[lo:hi]
             rows = np.repeat(np.arange(stop - start), np.diff(profiles.indptr[start : stop + 1]))
-            cols = (self._cols[items] + (rows * n)[:, None]).ravel()
-            vals = (self._vals[items] * profiles.data[lo:hi, None].astype(np.float32)).ravel()
-            block = np.bincount(cols, vals, minlength=(stop - start) * n)
+            cols = self._cols[items]
+            cols += (rows * n)[:, None]  # row r's scores land in bins r*n .. r*n + n-1
+            vals = self._vals[items]
+            vals *= profiles.data[lo:hi, None].astype(np.float32)
+            block = np.bincount(cols.ravel(), vals.ravel(), minlength=(stop - start) * n)
             out[start:stop] = block.reshape(stop - start, n)
         return out
 

@@ -54,8 +54,13 @@ def test_build_from_crawl_publishes_catalog_interactions_plot_and_lineage(data_d
     raw_id = (data_dir / "raw" / "latest").read_text().strip()
     assert manifest["source"]["raw_snapshot"] == raw_id
     assert manifest["source"]["generator"] == {
-        "mode": "default", "seed": 7, "users": 300, "mean_items": 25.0, "days": 90,
-    }  # fmt: skip
+        "mode": "default",
+        "generator_version": 2,
+        "seed": 7,
+        "users": 300,
+        "mean_items": 25.0,
+        "days": 90,
+    }
     assert set(manifest["files"]) == {
         "catalog.parquet",
         "interactions.parquet",

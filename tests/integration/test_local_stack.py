@@ -278,10 +278,31 @@ def test_promote_gives_the_canary_everything_and_moves_champion(stack: Session) 
     assert client.get_model_version_by_alias(MODEL, "champion").version == second
 
 
-def test_rollback_sends_everything_back_to_the_previous_revision(stack: Session) -> None:
+def test_rollback_after_promote_serves_and_crowns_the_previous_version(stack: Session) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=stack.settings.mlflow_url)
+    assert client.get_model_version_by_alias(MODEL, "previous").version == stack.versions["first"]
     stack.run("pipelines.rollout", "rollback")
     versions = {stack.predict([{"user_id": 1}]).headers["X-Model-Version"] for _ in range(40)}
     assert versions == {stack.versions["first"]}
+    assert client.get_model_version_by_alias(MODEL, "champion").version == stack.versions["first"]
+    nothing_left = stack.run("pipelines.rollout", "rollback", check=False)
+    assert nothing_left.returncode == 10
+    assert "nothing to roll back to" in nothing_left.stderr
+
+
+def test_rollback_during_a_canary_pins_traffic_at_once(stack: Session) -> None:
+    second = stack.versions["second"]
+    stack.run("pipelines.rollout", "canary", "--version", second, "--percent", "50")
+    seen = {stack.predict([{"user_id": 1}]).headers["X-Model-Version"] for _ in range(60)}
+    assert seen == {stack.versions["first"], second}
+    stack.run("pipelines.rollout", "rollback")
+    versions = {stack.predict([{"user_id": 1}]).headers["X-Model-Version"] for _ in range(40)}
+    assert versions == {stack.versions["first"]}
+    refused = stack.run("pipelines.rollout", "promote", check=False)
+    assert refused.returncode == 10
+    assert "rolled back" in refused.stderr
 
 
 def test_a_version_whose_artefact_is_corrupt_never_gets_traffic(stack: Session) -> None:

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.recommenders import MODELS, load
+from pipelines.recommenders import EASE, MODELS, load
+from pipelines.recommenders.artifact import FORMAT_VERSION
 from pipelines.recommenders.errors import ArtifactCorruptError, ArtifactError
 from pipelines.recommenders.synthetic import synthetic_interactions
 
@@ -40,7 +41,7 @@ def test_round_trip_gives_identical_rankings(name: str, data, tmp_path: Path) ->
     pd.testing.assert_frame_equal(loaded.catalog, fitted.catalog)
     metadata = json.loads((tmp_path / "recommender.json").read_text())
     assert metadata["n_items"] == fitted.n_items
-    assert metadata["format_version"] == 1
+    assert metadata["format_version"] == FORMAT_VERSION
 
 
 @pytest.fixture
@@ -74,8 +75,35 @@ def test_a_pickled_array_is_never_loaded(saved: Path) -> None:
         load(saved, verify=False)
 
 
-def test_unknown_format_version_is_refused(saved: Path) -> None:
+@pytest.mark.parametrize("version", [99, "2", None])
+def test_unknown_format_version_is_refused(saved: Path, version: object) -> None:
     meta = json.loads((saved / "recommender.json").read_text())
-    (saved / "recommender.json").write_text(json.dumps({**meta, "format_version": 99}))
+    (saved / "recommender.json").write_text(json.dumps({**meta, "format_version": version}))
     with pytest.raises(ArtifactError, match="format_version"):
         load(saved, verify=False)
+
+
+def test_an_old_format_artefact_is_refused_with_a_hint(saved: Path) -> None:
+    # Version 1 stored EASE's B dense; this code cannot score it and says what to do.
+    meta = json.loads((saved / "recommender.json").read_text())
+    (saved / "recommender.json").write_text(json.dumps({**meta, "format_version": 1}))
+    with pytest.raises(ArtifactError, match=r"format_version 1 .*retrain"):
+        load(saved, verify=False)
+
+
+def test_ease_weights_are_stored_sparse(data, tmp_path: Path) -> None:
+    interactions, catalog = data
+    EASE(neighbours=10).fit(interactions, catalog).save(tmp_path)
+    with np.load(tmp_path / "arrays.npz", allow_pickle=False) as npz:
+        assert "model__B" not in npz.files
+        assert npz["model__B_indices"].dtype == np.int32
+        assert npz["model__B_data"].dtype == np.float32
+        n_items = len(npz["item_ids"])
+        assert len(npz["model__B_data"]) <= 10 * n_items
+    with np.load(tmp_path / "arrays.npz", allow_pickle=False) as npz:
+        arrays = dict(npz)
+    arrays["model__B_indptr"] = arrays["model__B_indptr"][:-1]  # inconsistent with n_items
+    with (tmp_path / "arrays.npz").open("wb") as fh:
+        np.savez(fh, **arrays)
+    with pytest.raises(ArtifactCorruptError, match="EASE weights"):
+        load(tmp_path, verify=False)

@@ -358,7 +358,8 @@ def test_rollout_rbac_is_namespaced_and_minimal(overlay):
     assert "ClusterRole" not in {o["kind"] for o in objs}
     (rule,) = by_kind(objs, "Role")["rollout"]["rules"]
     assert rule["resources"] == ["inferenceservices"]
-    assert set(rule["verbs"]) == {"get", "list", "watch", "patch"}
+    # update: the rollout tool replaces the object with its resourceVersion (optimistic lock)
+    assert set(rule["verbs"]) == {"get", "list", "watch", "patch", "update"}
     binding = by_kind(objs, "RoleBinding")["rollout"]
     assert binding["subjects"][0]["name"] == "rollout"
     rollout = pod_spec(by_kind(objs, "CronJob")["rollout"])

@@ -8,8 +8,13 @@ import pytest
 
 from pipelines.evaluate import evaluate_models
 from pipelines.recommenders import BEST_MODEL, EASE, MODELS, MoviePredictor, Popularity
-from pipelines.recommenders.base import interaction_confidence, top_k
-from pipelines.recommenders.errors import InvalidRequestError, TrainingDataError
+from pipelines.recommenders.base import build_matrix, interaction_confidence, top_k, top_k_row
+from pipelines.recommenders.ease import ease_weights
+from pipelines.recommenders.errors import (
+    HyperparameterError,
+    InvalidRequestError,
+    TrainingDataError,
+)
 from pipelines.recommenders.synthetic import synthetic_interactions
 
 
@@ -66,7 +71,57 @@ def test_recommend_many_equals_recommend_one_by_one(ease, data) -> None:
     for user, history, rec in zip(users, histories, batch, strict=True):
         one = ease.recommend(user_id=user, history=history, k=7)
         np.testing.assert_array_equal(rec.content_ids, one.content_ids)
+        np.testing.assert_array_equal(rec.scores, one.scores)  # bit-identical, not just close
         assert rec.fallback == one.fallback
+    # Anonymous histories take the vectorised path too once there are enough of them.
+    many = [interactions["content_id"].iloc[i : i + 4].tolist() for i in range(0, 120, 4)]
+    for history, rec in zip(many, ease.recommend_many(None, many, k=5), strict=True):
+        one = ease.recommend(history=history, k=5)
+        np.testing.assert_array_equal(rec.content_ids, one.content_ids)
+        np.testing.assert_array_equal(rec.scores, one.scores)
+
+
+def _dense_ease_scores(interactions: pd.DataFrame, lambda_: float) -> np.ndarray:
+    """Reference: the unpruned EASE solution applied as a dense matrix product."""
+    x = build_matrix(interactions, EASE().weighting).matrix
+    weights = ease_weights((x.T @ x).toarray().astype(np.float32), lambda_)
+    return np.asarray(x @ weights)
+
+
+def test_unpruned_sparse_ease_ranks_like_the_dense_solution(data) -> None:
+    interactions, catalog = data
+    sparse = EASE(lambda_=50.0, neighbours=10**6).fit(interactions, catalog)
+    assert sparse.weights.nnz > 0.9 * sparse.n_items**2  # nothing pruned but exact zeros
+    scores = _dense_ease_scores(interactions, 50.0)
+    for row in range(0, sparse.n_users, 7):
+        seen = sparse.seen[row].indices
+        expected = scores[row].copy()
+        expected[seen] = -np.inf
+        rec = sparse.recommend(user_id=int(sparse.user_ids[row]), k=10)
+        best = np.argsort(-expected, kind="stable")[:10]
+        np.testing.assert_array_equal(rec.content_ids, sparse.item_ids[best])
+        np.testing.assert_allclose(rec.scores, expected[best], rtol=1e-4, atol=1e-6)
+
+
+def test_pruning_keeps_each_items_strongest_neighbours(data) -> None:
+    interactions, catalog = data
+    full = EASE(lambda_=50.0, neighbours=10**6).fit(interactions, catalog).weights.toarray()
+    pruned = EASE(lambda_=50.0, neighbours=5).fit(interactions, catalog).weights
+    assert pruned.indices.dtype == np.int32 and pruned.data.dtype == np.float32
+    assert np.all(np.diff(pruned.indptr) == 5)
+    for item in range(0, full.shape[0], 3):
+        kept = pruned.indices[pruned.indptr[item] : pruned.indptr[item + 1]]
+        strongest = np.argsort(-np.abs(full[item]), kind="stable")[:5]
+        assert set(kept.tolist()) == set(strongest.tolist())
+        np.testing.assert_array_equal(pruned[item].toarray()[0, kept], full[item, kept])
+    # Fewer neighbours, fewer weights, and still a personalised (different) ranking.
+    user = int(interactions["user_id"].iloc[0])
+    assert len(EASE(lambda_=50.0, neighbours=5).fit(interactions).recommend(user_id=user).scores)
+
+
+def test_neighbours_must_be_positive() -> None:
+    with pytest.raises(HyperparameterError):
+        EASE(neighbours=0)
 
 
 def test_invalid_k_and_bad_training_data_are_refused(ease) -> None:
@@ -95,6 +150,27 @@ def test_ties_are_broken_towards_the_smaller_id() -> None:
     idx, _ = top_k(scores, 4)
     np.testing.assert_array_equal(idx[0], [5, 700, 2999, 0])
     np.testing.assert_array_equal(idx[1], [0, 1, 2, 3])
+    # The single-row variant agrees, dropping the excluded (-inf) items.
+    one, _ = top_k_row(scores[0], 4)
+    np.testing.assert_array_equal(one, [5, 700, 2999, 0])
+    np.testing.assert_array_equal(top_k_row(scores[1], 20)[0], np.arange(10))
+
+
+@pytest.mark.parametrize("width", [7, 300, 10_000, 10_001])
+def test_single_row_top_k_equals_batch_top_k(width: int) -> None:
+    rng = np.random.default_rng(width)
+    rows = [
+        rng.standard_normal(width).astype(np.float32),
+        rng.integers(0, 3, width).astype(np.float32),  # many ties
+        np.where(rng.random(width) < 0.98, -np.inf, rng.random(width)).astype(np.float32),
+    ]
+    for row in rows:
+        for k in (1, 10, 50):
+            idx, vals = top_k(row[None, :], k)
+            finite = np.isfinite(vals[0])
+            one_idx, one_vals = top_k_row(row, k)
+            np.testing.assert_array_equal(one_idx, idx[0][finite])
+            np.testing.assert_array_equal(one_vals, vals[0][finite])
 
 
 def test_confidence_uses_whatever_signal_a_row_has() -> None:
