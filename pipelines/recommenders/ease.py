@@ -117,10 +117,17 @@ class FittedEASE(FittedRecommender):
         indices = np.asarray(self.arrays["B_indices"], dtype=np.int32)
         data = np.asarray(self.arrays["B_data"], dtype=np.float32)
         n = self.n_items
-        if len(indptr) != n + 1 or indptr[-1] != len(indices) or len(indices) != len(data):
+        if (
+            len(indptr) != n + 1
+            or indptr[0] != 0
+            or indptr[-1] != len(indices)
+            or len(indices) != len(data)
+            or np.any(np.diff(indptr) < 0)
+            or (len(indices) and not 0 <= int(indices.min()) <= int(indices.max()) < n)
+        ):
             raise ArtifactCorruptError(
                 f"EASE weights do not fit {n} items: {len(indptr)} row pointers, "
-                f"{len(indices)} column indices, {len(data)} values"
+                f"{len(indices)} column indices, {len(data)} values (or indices out of range)"
             )
         # Rows padded to one width (column 0, weight 0: adds an exact +0.0), so gathering the
         # rows of a profile is one 2-D fancy index. Columns are held as intp, what np.bincount

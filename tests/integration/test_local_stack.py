@@ -339,6 +339,41 @@ def test_training_against_an_unreachable_mlflow_fails_fast_and_registers_nothing
     assert time.monotonic() - started < 60  # bounded retries, not MLflow's minutes-long default
 
 
+def test_training_on_a_missing_or_unusable_snapshot_registers_nothing(
+    stack: Session, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=stack.settings.mlflow_url)
+    before = len(client.search_model_versions(f"name='{MODEL}'"))
+    empty = {**stack.env, "DATA_DIR": str(tmp_path / "empty")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.train"],
+        cwd=REPO_ROOT, env=empty, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    assert "no snapshot" in proc.stderr
+
+    log = tmp_path / "tiny.csv"  # every user has one view: nothing can be held out
+    log.write_text("user_id,content_id,rating\n1,10,4\n2,20,5\n3,10,3\n")
+    tiny = {**stack.env, "DATA_DIR": str(tmp_path / "tiny")}
+    subprocess.run(
+        [sys.executable, "-m", "pipelines.features", "build", "--interactions", str(log)],
+        cwd=REPO_ROOT, env=tiny, check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.train"],
+        cwd=REPO_ROOT, env=tiny, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 4, proc.stderr
+    assert "no user has enough interactions for a holdout" in proc.stderr
+
+    unknown = stack.run("pipelines.train", "--model", "nope", check=False)
+    assert unknown.returncode == 2
+    assert "unknown model 'nope'" in unknown.stderr
+    assert len(client.search_model_versions(f"name='{MODEL}'")) == before
+
+
 def test_the_page_shows_recommendations_in_headless_chromium(
     stack: Session, tmp_path: Path
 ) -> None:

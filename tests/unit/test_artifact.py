@@ -102,8 +102,10 @@ def test_ease_weights_are_stored_sparse(data, tmp_path: Path) -> None:
         assert len(npz["model__B_data"]) <= 10 * n_items
     with np.load(tmp_path / "arrays.npz", allow_pickle=False) as npz:
         arrays = dict(npz)
-    arrays["model__B_indptr"] = arrays["model__B_indptr"][:-1]  # inconsistent with n_items
-    with (tmp_path / "arrays.npz").open("wb") as fh:
-        np.savez(fh, **arrays)
-    with pytest.raises(ArtifactCorruptError, match="EASE weights"):
-        load(tmp_path, verify=False)
+    short = {**arrays, "model__B_indptr": arrays["model__B_indptr"][:-1]}  # n_items - 1 rows
+    wild = {**arrays, "model__B_indices": arrays["model__B_indices"] + n_items}  # no such item
+    for broken in (short, wild):
+        with (tmp_path / "arrays.npz").open("wb") as fh:
+            np.savez(fh, **broken)
+        with pytest.raises(ArtifactCorruptError, match="EASE weights"):
+            load(tmp_path, verify=False)
