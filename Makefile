@@ -29,9 +29,9 @@ $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11" >&2; exit 1; }
 	@echo "installing the Python environment into $(VENV) (exact pins of requirements.lock)"
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) --upgrade "pip==25.3"
-	$(PIP) -r requirements.lock
-	$(PIP) --no-deps -e .
+	@$(PIP) --upgrade "pip==25.3"
+	@echo "pip install -r requirements.lock"; $(PIP) -r requirements.lock
+	@$(PIP) --no-deps -e .
 	@touch $@
 
 install: $(STAMP) $(NODE_STAMP) ## Create .venv from requirements.lock and install the front end's npm ci

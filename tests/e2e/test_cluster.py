@@ -117,6 +117,7 @@ def test_pipeline_serves_canaries_promotes_and_rolls_back(deployed):
     status, answer = _predict()
     assert status == 200
     assert answer["predictions"]
+    assert answer["model_version"] == str(first)
 
     _script("train.sh", ENV)
     second = _latest_registered_version()
@@ -134,11 +135,13 @@ def test_pipeline_serves_canaries_promotes_and_rolls_back(deployed):
     _wait_ready()
     envs = {e["name"]: e.get("value") for e in _isvc()["spec"]["predictor"]["containers"][0]["env"]}
     assert envs["MODEL_VERSION"] == str(second)
+    assert _predict()[1]["model_version"] == str(second)
 
     _script("rollout.sh", ENV, "rollback")
     _wait_ready()
     time.sleep(5)
     envs = {e["name"]: e.get("value") for e in _isvc()["spec"]["predictor"]["containers"][0]["env"]}
     assert envs["MODEL_VERSION"] == str(first)
-    status, _ = _predict()
+    status, answer = _predict()
     assert status == 200
+    assert answer["model_version"] == str(first)
