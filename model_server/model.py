@@ -179,6 +179,10 @@ class RecommenderModel(Model):
         model = self.recommender
         assert model is not None, "load() first"
         notes = self._check_histories(instances)
+        if len(instances) == 1:  # the common single-request case: no grouping needed
+            inst = instances[0]
+            rec = model.recommend(inst.user_id, inst.history, inst.k, inst.exclude_seen)
+            return [self._prediction(rec, inst.k, notes.get(0))]
         predictions: list[dict[str, Any] | None] = [None] * len(instances)
         # recommend_many takes one k and one exclude_seen per call: group by exclude_seen and
         # ask for the largest k; top-k is deterministic, so a prefix of it is the smaller top-k.
@@ -198,6 +202,8 @@ class RecommenderModel(Model):
 
     def _check_histories(self, instances: Sequence[Instance]) -> dict[int, str]:
         """Notes on ignored unknown ids; raises `UnknownContentError` for an unusable history."""
+        if not any(inst.history for inst in instances):
+            return {}
         users = np.array(
             [-1 if inst.user_id is None else inst.user_id for inst in instances], dtype=np.int64
         )
@@ -234,9 +240,11 @@ class RecommenderModel(Model):
         items = []
         for cid, score in zip(content_ids, scores, strict=True):
             shown = display.get(cid)
-            item = dict(shown) if shown is not None else _no_display(cid)
-            item["score"] = score
-            items.append(item)
+            items.append(
+                {**shown, "score": score}
+                if shown is not None
+                else {**_no_display(cid), "score": score}
+            )
         return {
             "content_ids": content_ids,
             "scores": scores,
