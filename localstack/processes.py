@@ -14,6 +14,8 @@ from pathlib import Path
 
 import requests
 
+from pipelines.snapshots import pid_alive
+
 log = logging.getLogger(__name__)
 
 
@@ -32,21 +34,6 @@ def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.2)
         return sock.connect_ex((host, port)) == 0
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child still answers kill(0); look at its state where /proc exists
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"
 
 
 def spawn(

@@ -89,14 +89,19 @@ class SnapshotInfo:
     manifest: dict[str, Any]
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process runs (a zombie — exited, not yet reaped — does not count)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc: trust kill(0)
+    return state != "Z"
 
 
 class SnapshotStore:
@@ -190,7 +195,7 @@ class SnapshotStore:
             if not child.name.startswith(_STAGING_PREFIX):
                 continue
             pid_text = child.name.rsplit("-", 1)[-1]
-            if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            if pid_text.isdigit() and not pid_alive(int(pid_text)):
                 log.info("removing abandoned staging directory %s", child)
                 shutil.rmtree(child, ignore_errors=True)
 

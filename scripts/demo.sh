@@ -27,6 +27,9 @@ $PY -m pipelines.crawl --start-page 1 --end-page "$PAGES"
 step "features: catalog + simulated watch logs -> versioned snapshot"
 $PY -m pipelines.features build
 
+step "evaluate: every model on this snapshot, same holdout"
+$PY -m pipelines.evaluate
+
 step "train: fit, evaluate, gate, register in MLflow"
 train_log="$(mktemp)"
 trap 'rm -f "$train_log"' EXIT
