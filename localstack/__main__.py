@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections import Counter
@@ -15,6 +14,7 @@ import typer
 from localstack.processes import ProcessError
 from localstack.stack import StackSettings, down, status, up
 from pipelines.features import load_features
+from pipelines.rollout import traffic_table
 
 app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
 
@@ -52,9 +52,8 @@ def status_() -> None:
     for name, pid in report["services"].items():
         typer.echo(f"  {name:<8} {f'running (pid {pid})' if pid else 'stopped'}")
     isvc = report["inferenceservice"]
-    if isvc:
-        traffic = isvc["status"]["components"]["predictor"]["traffic"]
-        typer.echo("  traffic: " + json.dumps(traffic))
+    if isvc and report["services"]["ingress"]:
+        typer.echo(traffic_table(isvc["status"]))
 
 
 @app.command("predict")

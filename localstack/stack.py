@@ -190,7 +190,7 @@ def stop(settings: StackSettings, name: str) -> bool:
         return False
     stop_group(pid)
     _pidfile(settings, name).unlink(missing_ok=True)
-    log.info("stopped %s (pid %d)", name, pid)
+    log.debug("stopped %s (pid %d)", name, pid)
     return True
 
 
