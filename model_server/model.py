@@ -237,14 +237,10 @@ class RecommenderModel(Model):
         content_ids = rec.content_ids[:k].tolist()
         scores = rec.scores[:k].tolist()
         display = self._display
-        items = []
-        for cid, score in zip(content_ids, scores, strict=True):
-            shown = display.get(cid)
-            items.append(
-                {**shown, "score": score}
-                if shown is not None
-                else {**_no_display(cid), "score": score}
-            )
+        items = [
+            {**(display.get(cid) or _no_display(cid)), "score": score}
+            for cid, score in zip(content_ids, scores, strict=True)
+        ]
         return {
             "content_ids": content_ids,
             "scores": scores,

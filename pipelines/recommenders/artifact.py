@@ -4,7 +4,8 @@
 
     <dir>/
       recommender.json   format_version, model_type, params, n_users, n_items, trained_on
-      arrays.npz         item_ids, user_ids, seen_{indptr,indices,data}, popularity, model__<name>
+      arrays.npz         item_ids, user_ids, seen_{indptr,indices,data}, popularity,
+                         top_{cols,scores} (known users' top-k), model__<name>
       catalog.parquet    optional display fields (content_id, title, poster_path, ...)
       checksums.json     sha256 of each file above, written last
 
@@ -29,7 +30,8 @@ from pipelines.recommenders.errors import ArtifactCorruptError, ArtifactError
 from pipelines.snapshots import sha256_file
 
 # 2: EASE stores B as CSR (model__B_indptr/B_indices/B_data) instead of a dense model__B.
-FORMAT_VERSION = 2
+# 3: top_cols/top_scores: every known user's precomputed top-k (batch inference at save).
+FORMAT_VERSION = 3
 METADATA = "recommender.json"
 ARRAYS = "arrays.npz"
 CATALOG = "catalog.parquet"
@@ -59,6 +61,10 @@ def save(model: FittedRecommender, directory: str | Path) -> Path:
         "seen_data": model.seen.data.astype(np.float32),
         "popularity": model.popularity,
     }
+    if model.precomputed is None:
+        model.use_precomputed(*model.precompute_top())
+    top_cols, top_scores = model.precomputed  # type: ignore[misc]
+    arrays.update({"top_cols": top_cols, "top_scores": top_scores})
     arrays.update({_MODEL_PREFIX + k: np.asarray(v) for k, v in model.arrays.items()})
     with (out / ARRAYS).open("wb") as fh:
         np.savez(fh, **arrays)
@@ -139,6 +145,14 @@ def load(directory: str | Path, verify: bool = True) -> FittedRecommender:
             shape=(len(user_ids), len(item_ids)),
         )
         popularity = arrays["popularity"]
+        top_cols, top_scores = arrays["top_cols"], arrays["top_scores"]
+        if (
+            top_cols.ndim != 2
+            or top_cols.shape != top_scores.shape
+            or top_cols.shape[0] != len(user_ids)
+            or (top_cols.size and int(top_cols.max()) >= len(item_ids))
+        ):
+            raise ValueError("top_cols/top_scores do not match the users and items")
     except (KeyError, ValueError) as err:
         raise ArtifactCorruptError(f"{root / ARRAYS} lacks or mangles an array: {err}") from err
     catalog = None
@@ -160,6 +174,7 @@ def load(directory: str | Path, verify: bool = True) -> FittedRecommender:
             arrays=model_arrays,
             catalog=catalog,
             trained_on=metadata.get("trained_on"),
+            precomputed=(top_cols, top_scores),
         )
     except KeyError as err:
         raise ArtifactCorruptError(f"{root / ARRAYS} lacks model array {err}") from err

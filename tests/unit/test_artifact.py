@@ -109,3 +109,36 @@ def test_ease_weights_are_stored_sparse(data, tmp_path: Path) -> None:
             np.savez(fh, **broken)
         with pytest.raises(ArtifactCorruptError, match="EASE weights"):
             load(tmp_path, verify=False)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_precomputed_top_k_of_known_users_equals_the_online_ranking(
+    name: str, data, tmp_path: Path
+) -> None:
+    """The artefact serves known users from a batch-computed top-k: it must rank exactly as
+    scoring them online does, for every user and every k it covers (and fall back to online
+    scoring beyond it)."""
+    interactions, catalog = data
+    params = {"epochs": 1} if name == "movie_predictor" else {}
+    online = MODELS[name](**params).fit(interactions, catalog)  # never saved: no lookup table
+    MODELS[name](**params).fit(interactions, catalog).save(tmp_path)
+    served = load(tmp_path)
+    assert online.precomputed is None
+    assert served.precomputed is not None
+    users = online.known_users.tolist()
+    for k in (1, 10, 70, 79, 80):  # 70+ exceeds what some users have left unseen
+        for user in users:
+            a, b = online.recommend(user, k=k), served.recommend(user, k=k)
+            np.testing.assert_array_equal(a.content_ids, b.content_ids)
+            np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+        for a, b in zip(
+            online.recommend_many(users, k=k), served.recommend_many(users, k=k), strict=True
+        ):
+            np.testing.assert_array_equal(a.content_ids, b.content_ids)
+            np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+    for a, b in zip(  # exclude_seen=False is always scored online
+        online.recommend_many(users, k=5, exclude_seen=False),
+        served.recommend_many(users, k=5, exclude_seen=False),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a.content_ids, b.content_ids)
