@@ -69,7 +69,7 @@ def predict_(
 ) -> None:
     """Call the V1 predict route through the ingress and print the ranking."""
     settings = StackSettings.from_env()
-    instance: dict[str, object] = {"k": k}
+    instance: dict[str, object] = {"k": k, "display": True}
     if user is not None:
         instance["user_id"] = user
     if history:

@@ -12,6 +12,8 @@ Response (V1)::
                       "items": [{"content_id", "title", "poster_path", "release_date",
                                  "vote_average", "score"}, ...]}, ...]}
 
+(``items`` only for instances that ask ``"display": true``.)
+
 plus the ``X-Model-Version`` response header.
 
 Unknown content ids in a history: when the history is what the model scores (no ``user_id``, or
@@ -182,7 +184,7 @@ class RecommenderModel(Model):
         if len(instances) == 1:  # the common single-request case: no grouping needed
             inst = instances[0]
             rec = model.recommend(inst.user_id, inst.history, inst.k, inst.exclude_seen)
-            return [self._prediction(rec, inst.k, notes.get(0))]
+            return [self._prediction(rec, inst.k, notes.get(0), inst.display)]
         predictions: list[dict[str, Any] | None] = [None] * len(instances)
         # recommend_many takes one k and one exclude_seen per call: group by exclude_seen and
         # ask for the largest k; top-k is deterministic, so a prefix of it is the smaller top-k.
@@ -197,7 +199,9 @@ class RecommenderModel(Model):
                 exclude_seen=exclude,
             )
             for i, rec in zip(rows, recs, strict=True):
-                predictions[i] = self._prediction(rec, instances[i].k, notes.get(i))
+                predictions[i] = self._prediction(
+                    rec, instances[i].k, notes.get(i), instances[i].display
+                )
         return predictions  # type: ignore[return-value]
 
     def _check_histories(self, instances: Sequence[Instance]) -> dict[int, str]:
@@ -227,8 +231,10 @@ class RecommenderModel(Model):
             notes[i] = f"ignored {len(unknown)} unknown content id(s) in history: [{listed}]"
         return notes
 
-    def _prediction(self, rec: Recommendation, k: int, note: str | None) -> dict[str, Any]:
-        """`Recommendation.to_dict` of the top ``k`` plus display ``items``.
+    def _prediction(
+        self, rec: Recommendation, k: int, note: str | None, display: bool
+    ) -> dict[str, Any]:
+        """`Recommendation.to_dict` of the top ``k``, plus display ``items`` when asked for.
 
         Built directly (``tolist`` gives the same Python ints and floats as ``to_dict``): at
         1,000 users x 10 items this loop was ~10% of a request's time.
@@ -236,18 +242,19 @@ class RecommenderModel(Model):
         reason = rec.reason if rec.fallback or note is None else note
         content_ids = rec.content_ids[:k].tolist()
         scores = rec.scores[:k].tolist()
-        display = self._display
-        items = [
-            {**(display.get(cid) or _no_display(cid)), "score": score}
-            for cid, score in zip(content_ids, scores, strict=True)
-        ]
-        return {
+        prediction = {
             "content_ids": content_ids,
             "scores": scores,
             "fallback": rec.fallback,
             "reason": reason,
-            "items": items,
         }
+        if display:
+            shown = self._display
+            prediction["items"] = [
+                {**(shown.get(cid) or _no_display(cid)), "score": score}
+                for cid, score in zip(content_ids, scores, strict=True)
+            ]
+        return prediction
 
 
 def _no_display(content_id: int) -> dict[str, Any]:

@@ -9,6 +9,9 @@
 - ``history``: a list of at most 1000 non-negative integer content ids, or absent/null;
 - at least one of them (a non-empty history) per instance;
 - ``k``: an integer in 1..100 (default 10); ``exclude_seen``: a boolean (default true);
+- ``display``: a boolean (default false): add ``items`` with the catalog's display fields
+  (title, poster, date, rating) to the prediction — what a page needs, not what a service
+  comparing rankings needs, so it is asked for rather than always paid for;
 - no other keys in an instance (a typo such as ``"userid"`` would otherwise silently fall back
   to the popularity ranking); other top-level keys are ignored;
 - 1..1000 instances.
@@ -51,6 +54,7 @@ class Instance(BaseModel):
     history: Annotated[list[Id], Field(max_length=MAX_HISTORY)] | None = None
     k: Annotated[int, Field(ge=1, le=MAX_K)] = DEFAULT_K
     exclude_seen: bool = True
+    display: bool = False
 
 
 _INSTANCES = TypeAdapter(list[Instance])
@@ -63,6 +67,7 @@ _EXPECTED = {
     "history[]": "must be a non-negative integer content id",
     "k": f"must be an integer in 1..{MAX_K}",
     "exclude_seen": "must be true or false",
+    "display": "must be true or false",
 }
 _FIELDS = ", ".join(_EXPECTED).replace(", history[]", "")
 

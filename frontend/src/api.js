@@ -146,7 +146,11 @@ async function readErrorMessage(res) {
  * @param {{fetch?: typeof fetch, signal?: AbortSignal}} [options]
  */
 export async function predict({ modelName, k, userId, history }, { fetch: fetchImpl = globalThis.fetch, signal } = {}) {
-  const instance = userId !== undefined && userId !== null ? { user_id: userId, k } : { history: history ?? [], k };
+  // display: ask the predictor for titles, posters, dates and ratings (opt-in, off by default)
+  const instance =
+    userId !== undefined && userId !== null
+      ? { user_id: userId, k, display: true }
+      : { history: history ?? [], k, display: true };
   const url = `/v1/models/${encodeURIComponent(modelName)}:predict`;
   let res;
   try {

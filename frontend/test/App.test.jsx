@@ -29,7 +29,7 @@ describe('App', () => {
     expect(screen.getByTestId('model-version').textContent).toContain('v3');
     expect(screen.queryByTestId('fallback-notice')).toBeNull();
     expect(predictCalls(fetch)).toEqual([
-      { url: '/v1/models/movie-recommender:predict', body: { instances: [{ user_id: 42, k: 12 }] } },
+      { url: '/v1/models/movie-recommender:predict', body: { instances: [{ user_id: 42, k: 12, display: true }] } },
     ]);
     // The poster base comes from /config.json at run time.
     expect(screen.getByRole('img', { name: 'Poster of Alpha' }).getAttribute('src')).toBe(
@@ -103,7 +103,7 @@ describe('App', () => {
     await screen.findByRole('list', { name: 'Recommendations' });
     fireEvent.change(screen.getByLabelText('How many'), { target: { value: '24' } });
     await waitFor(() => expect(predictCalls(fetch)).toHaveLength(2));
-    expect(predictCalls(fetch)[1].body).toEqual({ instances: [{ user_id: 7, k: 24 }] });
+    expect(predictCalls(fetch)[1].body).toEqual({ instances: [{ user_id: 7, k: 24, display: true }] });
   });
 
   it('"More like this" builds an anonymous history and refreshes from it', async () => {
@@ -113,18 +113,18 @@ describe('App', () => {
     await screen.findByRole('list', { name: 'Recommendations' });
     fireEvent.click(screen.getByRole('button', { name: 'More like Alpha' }));
     await waitFor(() => expect(predictCalls(fetch)).toHaveLength(2));
-    expect(predictCalls(fetch)[1].body).toEqual({ instances: [{ history: [11], k: 12 }] });
+    expect(predictCalls(fetch)[1].body).toEqual({ instances: [{ history: [11], k: 12, display: true }] });
     expect(screen.getByRole('radio', { name: 'Anonymous' }).checked).toBe(true);
     expect(within(screen.getByRole('list', { name: 'Movies in your history' })).getByText('Alpha')).toBeTruthy();
 
     await screen.findByRole('button', { name: 'More like Beta' });
     fireEvent.click(screen.getByRole('button', { name: 'More like Beta' }));
     await waitFor(() => expect(predictCalls(fetch)).toHaveLength(3));
-    expect(predictCalls(fetch)[2].body).toEqual({ instances: [{ history: [11, 22], k: 12 }] });
+    expect(predictCalls(fetch)[2].body).toEqual({ instances: [{ history: [11, 22], k: 12, display: true }] });
 
     fireEvent.click(await screen.findByRole('button', { name: 'Remove Alpha from history' }));
     await waitFor(() => expect(predictCalls(fetch)).toHaveLength(4));
-    expect(predictCalls(fetch)[3].body).toEqual({ instances: [{ history: [22], k: 12 }] });
+    expect(predictCalls(fetch)[3].body).toEqual({ instances: [{ history: [22], k: 12, display: true }] });
   });
 
   it('words the anonymous fallback as missing history', async () => {

@@ -14,19 +14,19 @@ describe('predict request', () => {
     expect(url).toBe('/v1/models/movie-recommender:predict');
     expect(init.method).toBe('POST');
     expect(init.headers['Content-Type']).toBe('application/json');
-    expect(JSON.parse(init.body)).toEqual({ instances: [{ user_id: 42, k: 12 }] });
+    expect(JSON.parse(init.body)).toEqual({ instances: [{ user_id: 42, k: 12, display: true }] });
   });
 
   it('posts a history instance when there is no user id', async () => {
     const fetch = fetchReturning(jsonResponse(predictBody()));
     await predict({ modelName: 'movie-recommender', history: [550, 680], k: 6 }, { fetch });
-    expect(JSON.parse(fetch.mock.calls[0][1].body)).toEqual({ instances: [{ history: [550, 680], k: 6 }] });
+    expect(JSON.parse(fetch.mock.calls[0][1].body)).toEqual({ instances: [{ history: [550, 680], k: 6, display: true }] });
   });
 
   it('sends user id 0 as a user id, not as an empty history', async () => {
     const fetch = fetchReturning(jsonResponse(predictBody()));
     await predict({ modelName: 'm', userId: 0, k: 6 }, { fetch });
-    expect(JSON.parse(fetch.mock.calls[0][1].body).instances[0]).toEqual({ user_id: 0, k: 6 });
+    expect(JSON.parse(fetch.mock.calls[0][1].body).instances[0]).toEqual({ user_id: 0, k: 6, display: true });
   });
 });
 

@@ -155,7 +155,10 @@ def test_known_users_rank_as_in_process(server: Server, reference: FittedRecomme
 
 def test_response_shape_and_display_fields(server: Server, reference: FittedRecommender) -> None:
     user = int(reference.user_ids[3])
-    prediction = server.predict([{"user_id": user}]).json()["predictions"][0]
+    lean = server.predict([{"user_id": user}]).json()["predictions"][0]
+    assert set(lean) == {"content_ids", "scores", "fallback", "reason"}  # display is opt-in
+    prediction = server.predict([{"user_id": user, "display": True}]).json()["predictions"][0]
+    assert prediction["content_ids"] == lean["content_ids"]
     assert len(prediction["content_ids"]) == 10  # k defaults to 10
     catalog = reference.catalog.set_index("content_id")
     for item, cid, score in zip(
@@ -344,6 +347,13 @@ BAD_INPUT = [
         None,
         400,
         "instances[0].exclude_seen",
+    ),
+    (
+        "display not bool",
+        b'{"instances": [{"user_id": 1, "display": 1}]}',
+        None,
+        400,
+        "instances[0].display",
     ),
     (
         "history only unknown ids",
