@@ -286,6 +286,11 @@ class FittedRecommender(ABC):
         self._seen_indptr = self.seen.indptr
         self._seen_indices = self.seen.indices
         self._seen_data = np.asarray(self.seen.data, dtype=np.float32)
+        # id -> row as a dict: one hash lookup per request instead of a numpy binary search
+        # (~60 bytes per known user)
+        self._user_rows: dict[int, int] = dict(
+            zip(self.user_ids.tolist(), range(len(self.user_ids)), strict=True)
+        )
         self._top_cols: np.ndarray | None = None
         self._top_scores: np.ndarray | None = None
         if precomputed is not None:
@@ -396,10 +401,9 @@ class FittedRecommender(ABC):
 
     def _user_index(self, user_id: int | None) -> int:
         """Row of a known user, -1 for None or an unknown id."""
-        if user_id is None or not len(self.user_ids):
+        if user_id is None:
             return -1
-        pos = int(np.searchsorted(self.user_ids, user_id))
-        return pos if pos < len(self.user_ids) and self.user_ids[pos] == user_id else -1
+        return self._user_rows.get(user_id, -1)
 
     def _history_columns(self, history: Sequence[int] | None) -> np.ndarray:
         """Sorted unique columns of the known content ids in a history (unknown ids dropped)."""
