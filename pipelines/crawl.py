@@ -469,7 +469,7 @@ def crawl(settings: CrawlSettings) -> CrawlResult:
 
 # -- CLI ----------------------------------------------------------------------------------
 
-app = typer.Typer(add_completion=False, help=__doc__)
+app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
 
 
 @app.command()

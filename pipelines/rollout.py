@@ -413,7 +413,7 @@ def traffic_table(status: dict[str, Any]) -> str:
 
 # -- CLI ---------------------------------------------------------------------------------------
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 
 TargetOpt = Annotated[
     Target, typer.Option("--target", envvar="ROLLOUT_TARGET", help="local stack or cluster.")
@@ -459,8 +459,21 @@ def _run(settings: RolloutSettings, step: str, fn: Any) -> None:
     typer.echo(f"{step} done; traffic:\n{traffic_table(status)}")
 
 
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    target: TargetOpt = Target.LOCAL,
+    namespace: NamespaceOpt = None,
+    tracking_uri: TrackingOpt = "http://127.0.0.1:5000",
+    timeout: TimeoutOpt = 300.0,
+) -> None:
+    """Options every step shares (also read from the environment)."""
+    ctx.obj = _settings(target, namespace, tracking_uri, timeout)
+
+
 @app.command("canary")
 def canary_cmd(
+    ctx: typer.Context,
     version: Annotated[str, typer.Option("--version", help="Registered model version.")],
     percent: Annotated[
         int | None,
@@ -470,47 +483,30 @@ def canary_cmd(
             help="Canary share 1..100 (default: the environment's canary-step-percent).",
         ),
     ] = None,
-    target: TargetOpt = Target.LOCAL,
-    namespace: NamespaceOpt = None,
-    tracking_uri: TrackingOpt = "http://127.0.0.1:5000",
-    timeout: TimeoutOpt = 300.0,
 ) -> None:
-    """Start a canary of a registered version (or the first rollout)."""
-    settings = _settings(target, namespace, tracking_uri, timeout)
+    """Start a canary of a registered version (or the first rollout, at 100 %)."""
+    settings: RolloutSettings = ctx.obj
     _run(settings, "canary", lambda backend: canary(settings, backend, version, percent))
 
 
 @app.command("promote")
-def promote_cmd(
-    target: TargetOpt = Target.LOCAL,
-    namespace: NamespaceOpt = None,
-    tracking_uri: TrackingOpt = "http://127.0.0.1:5000",
-    timeout: TimeoutOpt = 300.0,
-) -> None:
+def promote_cmd(ctx: typer.Context) -> None:
     """Give the canary all traffic and make it `champion`."""
-    settings = _settings(target, namespace, tracking_uri, timeout)
+    settings: RolloutSettings = ctx.obj
     _run(settings, "promote", lambda backend: promote(settings, backend))
 
 
 @app.command("rollback")
-def rollback_cmd(
-    target: TargetOpt = Target.LOCAL,
-    namespace: NamespaceOpt = None,
-    tracking_uri: TrackingOpt = "http://127.0.0.1:5000",
-    timeout: TimeoutOpt = 300.0,
-) -> None:
-    """Send all traffic back to the previous rolled-out revision."""
-    settings = _settings(target, namespace, tracking_uri, timeout)
+def rollback_cmd(ctx: typer.Context) -> None:
+    """Undo the last step: pin a running canary to 0 %, or restore the `previous` version."""
+    settings: RolloutSettings = ctx.obj
     _run(settings, "rollback", lambda backend: rollback(settings, backend))
 
 
 @app.command("status")
-def status_cmd(
-    target: TargetOpt = Target.LOCAL,
-    namespace: NamespaceOpt = None,
-) -> None:
+def status_cmd(ctx: typer.Context) -> None:
     """Show the InferenceService's traffic split."""
-    settings = _settings(target, namespace, "", 1.0)
+    settings: RolloutSettings = ctx.obj
     status = cli.run(lambda: make_backend(settings).status())
     if not status:
         typer.echo(f"InferenceService {settings.isvc_name}: no status yet")

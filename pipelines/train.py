@@ -368,7 +368,7 @@ def _requirements() -> list[str]:
 
 # -- CLI -----------------------------------------------------------------------------------
 
-app = typer.Typer(add_completion=False, help=__doc__)
+app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
 
 
 @app.command()

@@ -26,7 +26,7 @@ DEFAULT_TOKEN = "sandbox-token"
 DEFAULT_API_KEY = "sandbox-api-key"
 
 log = logging.getLogger("tmdb_sandbox")
-app = typer.Typer(add_completion=False, help=__doc__)
+app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
 
 
 @app.command()
