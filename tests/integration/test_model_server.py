@@ -441,3 +441,20 @@ def test_corrupt_artefact_is_refused_and_never_ready(artefact: Path, tmp_path: P
     assert srv.process.returncode not in (0, None)
     log = srv.log_path.read_text()
     assert "arrays.npz does not match its checksum" in log
+
+
+def test_every_series_the_grafana_dashboard_queries_is_exported(server: Server) -> None:
+    """The monitoring component's dashboard and the predictor agree on metric names."""
+    import re
+
+    dashboard = (REPO_ROOT / "kustomize/components/monitoring/dashboard.json").read_text()
+    queried = set(re.findall(r"\b((?:movie_recommender|request)_[a-z_]+)\b", dashboard))
+    assert queried, "the dashboard queries no metric"
+    assert server.predict([{"user_id": 1}, {"user_id": 10**9}]).status_code == 200
+    assert server.predict([{"user_id": 1, "k": -1}]).status_code == 400
+    exported = {
+        line.split("{")[0].split(" ")[0]
+        for line in requests.get(f"{server.base_url}/metrics", timeout=5).text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert queried <= exported, sorted(queried - exported)
