@@ -22,7 +22,9 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -91,22 +93,13 @@ def _scale() -> None:
     users = rng.choice(model.known_users, 1000, replace=False).tolist()
     for user in users[:50]:  # warm caches
         model.recommend(user_id=user)
-    single = []
-    for _ in range(5):
-        for user in users:
-            started = time.perf_counter()
-            model.recommend(user_id=user, k=10)
-            single.append(time.perf_counter() - started)
+    single = [t for _ in range(5) for t in _timings(lambda u: model.recommend(user_id=u), users)]
     print(
         f"top-10 single user: median {statistics.median(single) * 1e3:.3f} ms, "
         f"p99 {np.percentile(single, 99) * 1e3:.3f} ms ({len(single)} calls)"
     )
     history = interactions["content_id"].iloc[:5].tolist()
-    anon = []
-    for _ in range(1000):
-        started = time.perf_counter()
-        model.recommend(history=history, k=10)
-        anon.append(time.perf_counter() - started)
+    anon = _timings(lambda h: model.recommend(history=h), [history] * 1000)
     print(
         f"top-10 anonymous 5-item history: median {statistics.median(anon) * 1e3:.3f} ms, "
         f"p99 {np.percentile(anon, 99) * 1e3:.3f} ms"
@@ -158,6 +151,16 @@ def _ml100k() -> None:
             f"{row['ndcg@10']:8.4f} {row['map@10']:7.4f} {row['coverage']:6.3f}"
             f"  ({row['ndcg@10'] / base:.2f}x popularity NDCG, fit {row['fit_seconds']:.1f} s)"
         )
+
+
+def _timings(call: Callable[[Any], object], args: list[Any]) -> list[float]:
+    """Seconds each ``call(arg)`` took, one entry per argument."""
+    out = []
+    for arg in args:
+        started = time.perf_counter()
+        call(arg)
+        out.append(time.perf_counter() - started)
+    return out
 
 
 def run() -> None:

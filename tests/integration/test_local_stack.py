@@ -45,12 +45,17 @@ class Session:
         return f"{self.settings.ingress_url}/v1/models/{MODEL}:predict"
 
     def run(
-        self, *argv: str, check: bool = True, timeout: float = 300
+        self,
+        *argv: str,
+        check: bool = True,
+        timeout: float = 300,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
+        """`python -m <argv>` in the repo with the stack's environment (plus ``env``)."""
         proc = subprocess.run(
             [sys.executable, "-m", *argv],
             cwd=REPO_ROOT,
-            env=self.env,
+            env={**self.env, **(env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -331,12 +336,13 @@ def test_a_version_whose_artefact_is_corrupt_never_gets_traffic(stack: Session) 
 def test_training_against_an_unreachable_mlflow_fails_fast_and_registers_nothing(
     stack: Session,
 ) -> None:
-    env = {**stack.env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
     started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.train"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    proc = stack.run(
+        "pipelines.train",
+        check=False,
+        timeout=120,
+        env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"},
+    )
     assert proc.returncode == 8
     assert "unreachable after 3 attempts" in proc.stderr
     assert time.monotonic() - started < 60  # bounded retries, not MLflow's minutes-long default
@@ -349,25 +355,15 @@ def test_training_on_a_missing_or_unusable_snapshot_registers_nothing(
 
     client = MlflowClient(tracking_uri=stack.settings.mlflow_url)
     before = len(client.search_model_versions(f"name='{MODEL}'"))
-    empty = {**stack.env, "DATA_DIR": str(tmp_path / "empty")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.train"],
-        cwd=REPO_ROOT, env=empty, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    proc = stack.run("pipelines.train", check=False, env={"DATA_DIR": str(tmp_path / "empty")})
     assert proc.returncode == 3, proc.stderr
     assert "no snapshot" in proc.stderr
 
     log = tmp_path / "tiny.csv"  # every user has one view: nothing can be held out
     log.write_text("user_id,content_id,rating\n1,10,4\n2,20,5\n3,10,3\n")
-    tiny = {**stack.env, "DATA_DIR": str(tmp_path / "tiny")}
-    subprocess.run(
-        [sys.executable, "-m", "pipelines.features", "build", "--interactions", str(log)],
-        cwd=REPO_ROOT, env=tiny, check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.train"],
-        cwd=REPO_ROOT, env=tiny, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    tiny = {"DATA_DIR": str(tmp_path / "tiny")}
+    stack.run("pipelines.features", "build", "--interactions", str(log), env=tiny)
+    proc = stack.run("pipelines.train", check=False, env=tiny)
     assert proc.returncode == 4, proc.stderr
     assert "no user has enough interactions for a holdout" in proc.stderr
 
