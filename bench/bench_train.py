@@ -3,7 +3,7 @@
 Prints ``<figure>: <value> <unit>`` lines:
 
 - synthetic interactions: 1,000,000 distinct (user, item) rows, ~50k users x 10k items, with
-  genre tastes and Zipf popularity (`pipelines.recommenders.synthetic`);
+  genre tastes and Zipf popularity (`recommenders.synthetic`);
 - ``fit time`` and ``peak rss`` of fitting `BEST_MODEL` (RSS sampled every 5 ms by a thread with
   psutil; ``ru_maxrss`` of the process is printed too and includes data generation);
 - ``artefact``: size on disk of the saved artefact (``arrays.npz`` and all files);
@@ -31,8 +31,8 @@ import pandas as pd
 import psutil
 
 from pipelines.evaluate import SplitProtocol, evaluate_models
-from pipelines.recommenders import BEST_MODEL, MODELS
-from pipelines.recommenders.synthetic import synthetic_interactions
+from recommenders import BEST_MODEL, MODELS, save
+from recommenders.synthetic import synthetic_interactions
 
 N_USERS, N_ITEMS, N_ROWS = 50_000, 10_000, 1_000_000
 ML100K = Path(os.environ.get("ML100K_DIR", ".local/datasets/ml-100k")) / "interactions.csv"
@@ -82,7 +82,7 @@ def _scale() -> None:
     print(f"process ru_maxrss: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        model.save(tmp)
+        save(model, tmp)
         files = {p.name: p.stat().st_size for p in Path(tmp).iterdir()}
     print(
         f"artefact: {sum(files.values()) / 1e6:.1f} MB on disk "

@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1.7
-# movie-mlops/model-server: the KServe custom predictor (V1 protocol) on :8080.
-# Same lock file as the pipelines image, so the recommender artefact format cannot drift.
+# movie-mlops/model-server: the KServe custom predictor on :8080.
+# Only what serving needs: requirements-serving.lock (compiled within requirements.lock, so the
+# versions match the pipelines image; mlflow-skinny, no MLflow server, no dev tools) and the
+# model_server, recommenders and contracts packages.
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
@@ -8,13 +10,14 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-COPY requirements.lock ./
-RUN pip install --no-deps -r requirements.lock
-COPY pyproject.toml ./
-COPY pipelines ./pipelines
+COPY requirements-serving.lock ./
+RUN pip install --no-deps -r requirements-serving.lock
+COPY contracts ./contracts
+COPY recommenders ./recommenders
 COPY model_server ./model_server
-COPY tmdb_sandbox ./tmdb_sandbox
-RUN pip install --no-deps .
+# the three packages only (pyproject.toml would install every package of the repo)
+RUN SITE="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+    && cp -r contracts recommenders model_server "$SITE"/
 
 FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \

@@ -11,6 +11,8 @@ ENV PATH=/opt/venv/bin:$PATH
 COPY requirements.lock ./
 RUN pip install --no-deps -r requirements.lock
 COPY pyproject.toml ./
+COPY contracts ./contracts
+COPY recommenders ./recommenders
 COPY pipelines ./pipelines
 COPY model_server ./model_server
 COPY tmdb_sandbox ./tmdb_sandbox

@@ -8,13 +8,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 import requests
 import typer
 
+from contracts import layout
+from contracts.inferenceservice import traffic_table
+from contracts.names import MODEL_NAME, VERSION_HEADER
+from contracts.settings import DATA_DIR
 from localstack.processes import ProcessError
 from localstack.stack import StackSettings, down, status, up
-from pipelines.features import load_features
-from pipelines.rollout import traffic_table
 
 app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
 
@@ -74,7 +77,7 @@ def predict_(
         instance["user_id"] = user
     if history:
         instance["history"] = [int(x) for x in history.split(",") if x.strip()]
-    url = f"{settings.ingress_url}/v1/models/movie-recommender:predict"
+    url = f"{settings.ingress_url}/v1/models/{MODEL_NAME}:predict"
     versions: Counter[str] = Counter()
     with requests.Session() as session:
         for _ in range(repeat):
@@ -82,7 +85,7 @@ def predict_(
             if response.status_code != 200:
                 typer.echo(f"error: HTTP {response.status_code}: {response.text}", err=True)
                 raise typer.Exit(1)
-            versions[response.headers.get("X-Model-Version", "?")] += 1
+            versions[response.headers.get(VERSION_HEADER, "?")] += 1
     if repeat > 1:
         split = ", ".join(f"version {v}: {n}" for v, n in sorted(versions.items()))
         typer.echo(f"  {repeat} requests -> {split}")
@@ -100,10 +103,17 @@ def predict_(
 @app.command("popular")
 def popular_(
     n: Annotated[int, typer.Option("--n", min=1)] = 3,
-    data_dir: Annotated[Path, typer.Option("--data-dir", envvar="DATA_DIR")] = Path(".local/data"),
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", envvar=DATA_DIR.name)
+    ] = DATA_DIR.default_path,
 ) -> None:
     """Print the n most popular content ids of the latest feature snapshot (comma-separated)."""
-    _, catalog, _, _ = load_features(data_dir, verify=False)
+    features = layout.DataLayout(data_dir).features
+    version = layout.read_pointer(features)
+    if version is None:
+        typer.echo(f"error: no feature snapshot under {features}; run `make demo`", err=True)
+        raise typer.Exit(3)
+    catalog = pd.read_parquet(features / version / layout.FEATURES_CATALOG)
     ids = catalog.sort_values("popularity", ascending=False)["content_id"].head(n)
     typer.echo(",".join(str(i) for i in ids))
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import requests
 
-from pipelines.snapshots import pid_alive
+from contracts.files import pid_alive
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from contracts.layout import StackLayout
+from contracts.settings import INGRESS_PORT, LOCAL_ROOT, LOOPBACK, MLFLOW_PORT, SANDBOX_PORT
 from localstack.processes import (
     ProcessError,
     pid_alive,
@@ -41,33 +42,37 @@ SANDBOX_TOKEN = "sandbox-token"  # the sandbox's own fake credential, not a secr
 class StackSettings:
     """Where the local stack keeps its state and which loopback ports it uses."""
 
-    root: Path = Path(".local")
-    host: str = "127.0.0.1"
-    mlflow_port: int = 5000
-    sandbox_port: int = 8090
-    ingress_port: int = 8080
+    root: Path = LOCAL_ROOT.default_path
+    host: str = LOOPBACK
+    mlflow_port: int = int(MLFLOW_PORT.default)
+    sandbox_port: int = int(SANDBOX_PORT.default)
+    ingress_port: int = int(INGRESS_PORT.default)
     frontend_dist: Path = Path("frontend/dist")
 
     @property
+    def layout(self) -> StackLayout:
+        return StackLayout(self.root)
+
+    @property
     def mlflow_dir(self) -> Path:
-        return self.root / "mlflow"
+        return self.layout.mlflow
 
     @property
     def artifacts_dir(self) -> Path:
         """The local stand-in for the cluster's ``mlflow-artifacts`` PVC."""
-        return self.mlflow_dir / "artifacts"
+        return self.layout.artifacts
 
     @property
     def run_dir(self) -> Path:
-        return self.root / "run"
+        return self.layout.run
 
     @property
     def logs_dir(self) -> Path:
-        return self.root / "logs"
+        return self.layout.logs
 
     @property
     def stack_dir(self) -> Path:
-        return self.root / "stack"
+        return self.layout.stack
 
     @property
     def mlflow_url(self) -> str:
@@ -83,12 +88,11 @@ class StackSettings:
 
     @classmethod
     def from_env(cls) -> StackSettings:
-        env = os.environ
         return cls(
-            root=Path(env.get("LOCAL_ROOT", ".local")),
-            mlflow_port=int(env.get("MLFLOW_PORT", "5000")),
-            sandbox_port=int(env.get("SANDBOX_PORT", "8090")),
-            ingress_port=int(env.get("INGRESS_PORT", "8080")),
+            root=LOCAL_ROOT.path(),
+            mlflow_port=int(MLFLOW_PORT.get()),
+            sandbox_port=int(SANDBOX_PORT.get()),
+            ingress_port=int(INGRESS_PORT.get()),
         )
 
 
@@ -213,6 +217,6 @@ def down(settings: StackSettings) -> list[str]:
 def status(settings: StackSettings) -> dict[str, object]:
     """Which services run, and the local InferenceService's status."""
     services = {name: running_pid(settings, name) for name in SERVICES}
-    isvc_status = settings.stack_dir / "status.json"
+    isvc_status = settings.layout.status_file
     isvc = json.loads(isvc_status.read_text()) if isvc_status.is_file() else None
     return {"services": services, "inferenceservice": isvc}

@@ -1,7 +1,7 @@
 """The KServe custom predictor of movie-mlops (V1 protocol).
 
 ``python -m model_server --model_name movie-recommender --model_dir DIR`` loads a
-recommender artefact (`pipelines.recommenders.load`, checksums verified) and serves it with
+recommender artefact (`recommenders.load`, checksums verified) and serves it with
 `kserve.ModelServer`:
 
 - `model_server.settings`: flags (KServe's own parser, extended) -> one frozen `Settings`;

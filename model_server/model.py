@@ -2,8 +2,8 @@
 
 Load once (`load`: read and verify the artefact, build the display lookup), predict many
 (`preprocess` validates, `predict` calls `FittedRecommender.recommend_many` and shapes the
-answer). Scoring itself lives in `pipelines.recommenders`, so this server ranks exactly as
-``pipelines.recommenders.load(dir).recommend(...)`` does in-process.
+answer). Scoring itself lives in `recommenders`, so this server ranks exactly as
+``recommenders.load(dir).recommend(...)`` does in-process.
 
 Response (V1)::
 
@@ -36,15 +36,15 @@ from typing import Any
 import numpy as np
 from kserve import Model
 
+from contracts.names import VERSION_HEADER
 from model_server.errors import RequestError, UnknownContentError, UnsupportedMediaTypeError
 from model_server.metrics import Metrics
 from model_server.request import Instance, parse_body, parse_payload
-from pipelines.recommenders import FittedRecommender, Recommendation, load
-from pipelines.recommenders.artifact import CHECKSUMS
+from recommenders import FittedRecommender, Recommendation, load
+from recommenders.artifact import CHECKSUMS
 
 log = logging.getLogger(__name__)
 
-VERSION_HEADER = "X-Model-Version"
 # What `model_server.server.JSONBodyMiddleware` sets on a JSON predict body so that KServe
 # hands the undecoded bytes to `preprocess` (KServe decodes only exact media types itself).
 UNDECODED_JSON = "application/vnd.movie-mlops.undecoded+json"
@@ -119,7 +119,7 @@ class RecommenderModel(Model):
     def load(self) -> bool:
         """Read and verify the artefact; ``ready`` only when that succeeded.
 
-        Raises `pipelines.recommenders.errors.ArtifactError` (or its subclass
+        Raises `recommenders.errors.ArtifactError` (or its subclass
         `ArtifactCorruptError`) for a missing, unreadable or corrupt artefact.
         """
         self.ready = False

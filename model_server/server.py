@@ -25,7 +25,7 @@ from model_server.metrics import Metrics
 from model_server.model import UNDECODED_JSON, VERSION_HEADER, RecommenderModel
 from model_server.settings import AccessLog, Settings, parse_settings
 from model_server.source import ResolvedModel, resolve_models_uri
-from pipelines.recommenders.errors import ArtifactError, RecommenderError
+from recommenders.errors import ArtifactError, RecommenderError
 
 log = logging.getLogger(__name__)
 

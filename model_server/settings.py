@@ -42,10 +42,9 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-DEFAULT_MODEL_NAME = "movie-recommender"
+from contracts.settings import MLFLOW_TRACKING_URI, MODEL_NAME, MODEL_SERVER_HOST, MODEL_VERSION
+
 DEFAULT_MODEL_DIR = Path("/mnt/models")
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
 
 
 class AccessLog(str, Enum):
@@ -105,12 +104,12 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--model_version",
-        default=environ.get("MODEL_VERSION") or None,
+        default=MODEL_VERSION.get(environ) or None,
         help="version to report (env MODEL_VERSION; else from --model_uri or the artefact)",
     )
     parser.add_argument(
         "--host",
-        default=environ.get("MODEL_SERVER_HOST", DEFAULT_HOST),
+        default=MODEL_SERVER_HOST.get(environ),
         help="address to bind (env MODEL_SERVER_HOST); 0.0.0.0 inside a cluster",
     )
     parser.add_argument(
@@ -129,7 +128,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         help="download cache for --model_uri (env MODEL_CACHE_DIR)",
     )
     parser.set_defaults(
-        model_name=environ.get("MODEL_NAME", DEFAULT_MODEL_NAME),
+        model_name=MODEL_NAME.get(environ),
         enable_grpc=False,
         enable_latency_logging=False,
     )
@@ -165,6 +164,6 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         access_log_format=args.access_log_format,
         configure_logging=args.configure_logging,
         log_config_file=args.log_config_file,
-        tracking_uri=environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI),
+        tracking_uri=MLFLOW_TRACKING_URI.get(environ),
         cache_dir=args.model_cache_dir,
     )

@@ -17,11 +17,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from contracts.names import ARTIFACT_PATH
 from model_server.errors import ModelSourceError
 
 log = logging.getLogger(__name__)
 
-ARTIFACT_PATH = "kserve"
 _MODELS_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))/?")
 
 
@@ -44,8 +44,8 @@ def resolve_models_uri(uri: str, tracking_uri: str, cache_dir: Path) -> Resolved
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from pipelines.recommenders import verify_artifact
-    from pipelines.recommenders.errors import ArtifactError
+    from recommenders import verify_artifact
+    from recommenders.errors import ArtifactError
 
     name = match["name"]
     client = MlflowClient(tracking_uri=tracking_uri)

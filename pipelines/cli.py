@@ -9,7 +9,7 @@ from typing import TypeVar
 
 import typer
 
-from pipelines.errors import PipelineError
+from contracts.errors import ProjectError
 
 T = TypeVar("T")
 
@@ -29,10 +29,10 @@ def configure_logging(verbose: bool = False) -> None:
 
 
 def run(fn: Callable[[], T]) -> T:
-    """Call a stage; a `PipelineError` becomes one clear line on stderr and its exit code."""
+    """Call a stage; a `ProjectError` becomes one clear line on stderr and its exit code."""
     try:
         return fn()
-    except PipelineError as err:
+    except ProjectError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=err.exit_code) from err
     except KeyboardInterrupt as err:

@@ -33,6 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import typer
 
+from contracts import layout
+from contracts.settings import DATA_DIR
 from pipelines.cli import configure_logging, run
 from pipelines.errors import ConfigError
 from pipelines.lineage import code_version
@@ -52,9 +54,6 @@ from pipelines.tmdb import (
 log = logging.getLogger("pipelines.crawl")
 
 KIND = "tmdb-raw"
-MOVIES_FILE = "movies.parquet"
-QUARANTINE_FILE = "quarantine.jsonl"
-GENRES_FILE = "genres.json"
 PARTIAL_DIR = ".partial"
 # Kept pages older than this are refetched: yesterday's popular list is not today's.
 PARTIAL_MAX_AGE_S = 24 * 3600
@@ -91,7 +90,7 @@ class ProgressMode(str, Enum):
 class CrawlSettings:
     """Everything one crawl needs, validated; credentials are kept out of `repr`."""
 
-    data_dir: Path = Path(".local/data")
+    data_dir: Path = DATA_DIR.default_path
     base_url: str = DEFAULT_BASE_URL
     access_token: str | None = field(default=None, repr=False)
     api_key: str | None = field(default=None, repr=False)
@@ -133,7 +132,7 @@ class CrawlSettings:
 
     @property
     def raw_dir(self) -> Path:
-        return Path(self.data_dir) / "raw"
+        return layout.DataLayout(Path(self.data_dir)).raw
 
     def resume_key(self) -> str:
         """Names the kept pages of a crawl: same source, region and language, same pages."""
@@ -443,11 +442,11 @@ def crawl(settings: CrawlSettings) -> CrawlResult:
         }
         with store.staging(snapshot_id) as staging:
             table = pa.Table.from_pylist(rows, schema=MOVIES_SCHEMA)
-            pq.write_table(table, staging / MOVIES_FILE)
-            with (staging / QUARANTINE_FILE).open("w", encoding="utf-8") as fh:
+            pq.write_table(table, staging / layout.RAW_MOVIES)
+            with (staging / layout.RAW_QUARANTINE).open("w", encoding="utf-8") as fh:
                 for entry in quarantine:
                     fh.write(json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n")
-            (staging / GENRES_FILE).write_text(
+            (staging / layout.RAW_GENRES).write_text(
                 json.dumps({"genres": genres}, ensure_ascii=False, indent=2) + "\n",
                 encoding="utf-8",
             )
@@ -479,8 +478,8 @@ def main(
     region: Annotated[str, typer.Option(help="ISO 3166-1 region.")] = "KR",
     language: Annotated[str, typer.Option(help="ISO 639-1 language, e.g. ko-KR.")] = "ko-KR",
     data_dir: Annotated[
-        Path, typer.Option(envvar="DATA_DIR", help="Root of the snapshots.")
-    ] = Path(".local/data"),
+        Path, typer.Option(envvar=DATA_DIR.name, help="Root of the snapshots.")
+    ] = DATA_DIR.default_path,
     base_url: Annotated[
         str, typer.Option(envvar="TMDB_BASE_URL", help="TMDB API root.")
     ] = DEFAULT_BASE_URL,

@@ -2,13 +2,16 @@
 
 Every error a user can cause or meet carries the process exit code the CLIs return for it,
 so a CronJob's status (and a shell script) can tell a bad credential from a flaky network.
-The mapping lives on the classes; `pipelines.cli.run` is the one place that applies it.
+The mapping lives on the classes; `pipelines.cli.run` is the one place that applies it (to
+every `contracts.errors.ProjectError`, the recommenders' errors included).
 """
 
 from __future__ import annotations
 
+from contracts.errors import ProjectError
 
-class PipelineError(Exception):
+
+class PipelineError(ProjectError):
     """Base class: a failure with a message meant for the person running the stage."""
 
     exit_code: int = 1
@@ -67,6 +70,12 @@ class TrackingUnavailableError(PipelineError):
     """The MLflow tracking server could not be reached after bounded retries."""
 
     exit_code = 8
+
+
+class TrackingRejectedError(PipelineError):
+    """The MLflow server answered and refused a call (a bad request, a missing version)."""
+
+    exit_code = 11
 
 
 class QualityGateError(PipelineError):

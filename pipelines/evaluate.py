@@ -47,12 +47,12 @@ import numpy as np
 import pandas as pd
 import typer
 
+from contracts.settings import DATA_DIR
 from pipelines.cli import configure_logging, run
 from pipelines.errors import ConfigError, InputValidationError
-from pipelines.features import read_interactions
-from pipelines.recommenders import MODELS, get_trainer
-from pipelines.recommenders.base import validate_interactions
-from pipelines.snapshots import SnapshotStore
+from pipelines.features import load_features, read_interactions
+from recommenders import MODELS, get_trainer
+from recommenders.data import validate_interactions
 
 log = logging.getLogger(__name__)
 
@@ -273,11 +273,8 @@ def evaluate(settings: EvaluateSettings) -> pd.DataFrame:
     if settings.interactions_file is not None:
         interactions = read_interactions(settings.interactions_file)  # validated, as features
     else:
-        store = SnapshotStore(settings.data_dir / "features")
-        path = store.resolve(settings.features_version)
-        store.verify(path.name)
-        interactions = pd.read_parquet(path / "interactions.parquet")
-        catalog = pd.read_parquet(path / "catalog.parquet")
+        snapshot = load_features(settings.data_dir, settings.features_version)
+        interactions, catalog = snapshot.interactions, snapshot.catalog
     return evaluate_models(
         interactions, catalog, settings.models, settings.k, settings.seed, settings.protocol
     )
@@ -308,8 +305,8 @@ app = typer.Typer(add_completion=False, help=__doc__.split("\n")[0])
 @app.command()
 def main(
     data_dir: Annotated[
-        Path, typer.Option(envvar="DATA_DIR", help="Root of raw and feature snapshots.")
-    ] = Path(".local/data"),
+        Path, typer.Option(envvar=DATA_DIR.name, help="Root of raw and feature snapshots.")
+    ] = DATA_DIR.default_path,
     features_version: Annotated[
         str | None, typer.Option(help="Feature snapshot to evaluate on (default: latest).")
     ] = None,

@@ -29,15 +29,17 @@ import pandas as pd
 import pandera.pandas as pa
 import typer
 
+from contracts import layout
+from contracts.files import sha256_file
+from contracts.settings import DATA_DIR
 from pipelines import cli
 from pipelines.errors import ConfigError, InputValidationError, SnapshotNotFoundError
 from pipelines.simulator import SimulatorMode, SimulatorParams, simulate
-from pipelines.snapshots import MANIFEST, SnapshotStore, sha256_file
+from pipelines.snapshots import SnapshotStore
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-DEFAULT_DATA_DIR = Path(".local/data")
 _FALLBACK_ANCHOR = datetime(2026, 1, 1, tzinfo=UTC)
 _REPORT_ROWS = 20
 
@@ -99,7 +101,7 @@ CATALOG_SCHEMA = pa.DataFrameSchema(
 class FeatureSettings:
     """Everything `build_features` needs, parsed once from flags and environment."""
 
-    data_dir: Path = DEFAULT_DATA_DIR
+    data_dir: Path = DATA_DIR.default_path
     raw_snapshot: str | None = None
     interactions_file: Path | None = None
     simulator: SimulatorParams = field(default_factory=SimulatorParams)
@@ -238,9 +240,9 @@ def validate_interactions(frame: pd.DataFrame, source: str, row_offset: int = 0)
 
 def catalog_from_raw(raw_dir: Path) -> pd.DataFrame:
     """The catalog table from a raw TMDB snapshot (movies.parquet + genres.json)."""
-    movies = pd.read_parquet(raw_dir / "movies.parquet")
+    movies = pd.read_parquet(raw_dir / layout.RAW_MOVIES)
     genre_names: dict[int, str] = {}
-    genres_file = raw_dir / "genres.json"
+    genres_file = raw_dir / layout.RAW_GENRES
     if genres_file.is_file():
         payload = json.loads(genres_file.read_text())
         genre_names = {int(g["id"]): str(g["name"]) for g in payload.get("genres", [])}
@@ -341,8 +343,8 @@ def _anchor(raw_manifest: dict[str, Any] | None) -> datetime:
 
 def build_features(settings: FeatureSettings) -> FeatureResult:
     """Build, validate and publish one feature snapshot; see the module docstring."""
-    raw_store = SnapshotStore(settings.data_dir / "raw")
-    store = SnapshotStore(settings.data_dir / "features")
+    data = layout.DataLayout(settings.data_dir)
+    raw_store, store = SnapshotStore(data.raw), SnapshotStore(data.features)
 
     raw_dir: Path | None = None
     raw_manifest: dict[str, Any] | None = None
@@ -356,7 +358,7 @@ def build_features(settings: FeatureSettings) -> FeatureResult:
 
     inputs: dict[str, Any] = {
         "raw_snapshot": raw_dir.name if raw_dir else None,
-        "raw_manifest_sha256": sha256_file(raw_dir / MANIFEST) if raw_dir else None,
+        "raw_manifest_sha256": sha256_file(raw_dir / layout.MANIFEST) if raw_dir else None,
     }
     if settings.interactions_file is not None:
         inputs["interactions_file"] = {
@@ -380,7 +382,8 @@ def build_features(settings: FeatureSettings) -> FeatureResult:
         log.info("reading interactions from %s", settings.interactions_file)
         interactions = read_interactions(settings.interactions_file)
     else:
-        assert catalog is not None  # resolved above: the simulator needs a raw snapshot
+        if catalog is None:  # unreachable: without a log, a raw snapshot was resolved above
+            raise SnapshotNotFoundError("the simulator needs a raw snapshot; run the crawl first")
         if catalog.empty:
             raise InputValidationError(f"raw snapshot {raw_dir} holds no movies")
 
@@ -418,9 +421,11 @@ def build_features(settings: FeatureSettings) -> FeatureResult:
     }
     with store.staging(version) as staging:
         log.info("writing catalog (%d rows) and interactions (%d rows)", *rows.values())
-        catalog.to_parquet(staging / "catalog.parquet", index=False, compression="zstd")
-        interactions.to_parquet(staging / "interactions.parquet", index=False, compression="zstd")
-        plot_rating_vs_watch(interactions, staging / "rating_vs_watch.png")
+        catalog.to_parquet(staging / layout.FEATURES_CATALOG, index=False, compression="zstd")
+        interactions.to_parquet(
+            staging / layout.FEATURES_INTERACTIONS, index=False, compression="zstd"
+        )
+        plot_rating_vs_watch(interactions, staging / layout.FEATURES_PLOT)
         path = store.publish(staging, version, manifest)
     return FeatureResult(version, path, created=True, rows=rows)
 
@@ -430,16 +435,44 @@ def _mean(values: pd.Series) -> float | None:
     return None if pd.isna(value) else round(float(value), 6)
 
 
+@dataclass(frozen=True, eq=False)
+class FeatureSnapshot:
+    """One published feature snapshot, as every reader gets it."""
+
+    version: str
+    path: Path
+    manifest: dict[str, Any]
+    manifest_sha256: str  # pins every file: the manifest lists each one's sha256
+    catalog: pd.DataFrame
+    interactions: pd.DataFrame
+
+    @property
+    def plot(self) -> Path | None:
+        """The rating-vs-watch-time plot, when the snapshot has one."""
+        path = self.path / layout.FEATURES_PLOT
+        return path if path.is_file() else None
+
+    @property
+    def source(self) -> dict[str, Any]:
+        """Where it came from: the raw snapshot (and its manifest digest) or the log file."""
+        return dict(self.manifest.get("source") or {})
+
+
 def load_features(
     data_dir: Path, version: str | None = None, *, verify: bool = True
-) -> tuple[str, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """(version, catalog, interactions, manifest) of a feature snapshot (latest by default)."""
-    store = SnapshotStore(data_dir / "features")
+) -> FeatureSnapshot:
+    """A feature snapshot (latest by default), its files verified against its manifest."""
+    store = SnapshotStore(layout.DataLayout(data_dir).features)
     path = store.resolve(version)
     manifest = store.verify(path.name) if verify else store.read_manifest(path.name)
-    catalog = pd.read_parquet(path / "catalog.parquet")
-    interactions = pd.read_parquet(path / "interactions.parquet")
-    return path.name, catalog, interactions, manifest
+    return FeatureSnapshot(
+        version=path.name,
+        path=path,
+        manifest=manifest,
+        manifest_sha256=sha256_file(path / layout.MANIFEST),
+        catalog=pd.read_parquet(path / layout.FEATURES_CATALOG),
+        interactions=pd.read_parquet(path / layout.FEATURES_INTERACTIONS),
+    )
 
 
 # -- CLI -----------------------------------------------------------------------------------
@@ -452,14 +485,14 @@ app = typer.Typer(
 
 DataDir = Annotated[
     Path,
-    typer.Option("--data-dir", envvar="DATA_DIR", help="Root of raw and feature snapshots."),
+    typer.Option("--data-dir", envvar=DATA_DIR.name, help="Root of raw and feature snapshots."),
 ]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 
 
 @app.command()
 def build(
-    data_dir: DataDir = DEFAULT_DATA_DIR,
+    data_dir: DataDir = DATA_DIR.default_path,
     raw_snapshot: Annotated[
         str | None,
         typer.Option("--raw-snapshot", help="Raw snapshot id (default: latest)."),
@@ -501,11 +534,11 @@ def build(
 
 
 @app.command("list")
-def list_(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
+def list_(data_dir: DataDir = DATA_DIR.default_path) -> None:
     """List feature snapshots, oldest first; `*` marks latest."""
-    infos = SnapshotStore(data_dir / "features").list()
+    infos = SnapshotStore(layout.DataLayout(data_dir).features).list()
     if not infos:
-        typer.echo(f"no feature snapshots under {data_dir / 'features'}")
+        typer.echo(f"no feature snapshots under {layout.DataLayout(data_dir).features}")
         return
     typer.echo(
         f"  {'version':<20} {'published (UTC)':<20} {'interactions':>12} {'catalog':>8}  source"
@@ -525,11 +558,11 @@ def list_(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
 @app.command()
 def restore(
     version: Annotated[str, typer.Argument(help="Feature snapshot version to make latest.")],
-    data_dir: DataDir = DEFAULT_DATA_DIR,
+    data_dir: DataDir = DATA_DIR.default_path,
 ) -> None:
     """Point `latest` at an existing feature snapshot (after verifying its checksums)."""
     cli.configure_logging(False)
-    store = SnapshotStore(data_dir / "features")
+    store = SnapshotStore(layout.DataLayout(data_dir).features)
 
     def _restore() -> None:
         if not store.exists(version):

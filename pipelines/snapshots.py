@@ -17,7 +17,6 @@ new one, never a half-written snapshot behind ``latest``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -28,46 +27,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from contracts.files import atomic_write_bytes, atomic_write_json, fsync_dir, pid_alive, sha256_file
+from contracts.layout import LATEST, MANIFEST, read_pointer
 from pipelines.errors import SnapshotCorruptError, SnapshotNotFoundError
 
 log = logging.getLogger(__name__)
 
-LATEST = "latest"
-MANIFEST = "manifest.json"
 _STAGING_PREFIX = ".staging-"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file so that readers see either the old content or the new, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """`atomic_write_bytes` for a JSON document (sorted keys, so equal objects give equal bytes)."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def utc_now() -> datetime:
@@ -89,21 +55,6 @@ class SnapshotInfo:
     manifest: dict[str, Any]
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process runs (a zombie — exited, not yet reaped — does not count)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except (OSError, IndexError):
-        return True  # no /proc: trust kill(0)
-    return state != "Z"
-
-
 class SnapshotStore:
     """A directory of immutable snapshots of one kind (raw crawls, feature sets, ...)."""
 
@@ -114,11 +65,7 @@ class SnapshotStore:
 
     def latest_id(self) -> str | None:
         """The id `latest` points at, or None when nothing was published yet."""
-        try:
-            value = (self.root / LATEST).read_text().strip()
-        except FileNotFoundError:
-            return None
-        return value or None
+        return read_pointer(self.root)
 
     def exists(self, snapshot_id: str) -> bool:
         return (self.root / snapshot_id / MANIFEST).is_file()
@@ -239,9 +186,9 @@ class SnapshotStore:
             files[rel] = {"sha256": sha256_file(file), "bytes": file.stat().st_size}
         full = {**manifest, "snapshot_id": snapshot_id, "files": files}
         atomic_write_json(staging_dir / MANIFEST, full)
-        _fsync_dir(staging_dir)
+        fsync_dir(staging_dir)
         os.rename(staging_dir, final)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         log.info("published %s", final)
         if move_latest:
             self.set_latest(snapshot_id)

@@ -3,29 +3,29 @@
 ``python -m pipelines.train`` (defaults: the local stack — ``DATA_DIR=.local/data``,
 ``MLFLOW_TRACKING_URI=http://127.0.0.1:5000``):
 
-1. checks that MLflow answers (bounded retries, then a clear error; nothing is logged);
+1. checks that MLflow answers (bounded retries, then exit 8; nothing is logged);
 2. loads and verifies the latest (or ``--features-version``) feature snapshot;
-3. splits interactions per user (`pipelines.evaluate.split_holdout`: time-based when every row
-   has a timestamp, seeded random otherwise), fits the model on the train part, evaluates it and
-   the popularity baseline on the holdout, then refits on all interactions for serving;
-4. logs one MLflow run: parameters, metrics (and metric@k curves), fit time, the snapshot version
-   and manifest checksum, the git sha, plots, the plain numpy artefact under ``kserve/`` (what
-   the KServe predictor loads) and a pyfunc model with signature, input example and pinned
-   requirements;
+3. `fit_and_evaluate`: splits interactions per user (`pipelines.evaluate.split_holdout`:
+   time-based when every row has a timestamp, seeded random otherwise), fits the model on the
+   train part, evaluates it and the popularity baseline on the holdout, then refits on all
+   interactions for serving;
+4. `log_run`: one MLflow run with parameters, metrics (and metric@k curves), the feature
+   snapshot as the run's input dataset (digest = feature version, source = the snapshot, tags
+   naming its raw snapshot), both manifests under ``lineage/``, MLflow's git-commit tag, plots,
+   the plain numpy artefact under ``kserve/`` (what the KServe predictor loads) and a pyfunc
+   model with signature, input example and pinned requirements;
 5. applies the quality gate against the version aliased ``champion`` on the *same holdout*
-   (NDCG@k may not drop more than ``--tolerance``, relative): the champion's recipe (model type
-   and parameters) is refitted on this split unless it was trained on this very split, in which
-   case its logged metric is reused;
-6. registers a new version of ``movie-recommender`` with its metrics and gate result as tags in
-   one call, then sets aliases: ``challenger`` when the gate passes, and ``champion`` too for the
-   very first version. A version that fails the gate gets no alias and the job exits non-zero.
+   (`pipelines.registry.quality_gate`);
+6. `register`: a new version of ``movie-recommender`` with its metrics, gate result and a model
+   card, then aliases: ``challenger`` when the gate passes, and ``champion`` too for the very
+   first version; the aliases reported are read back from the server. A version that fails the
+   gate gets no alias and the job exits 9.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -33,40 +33,37 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import pandas as pd
-import requests
 import typer
 
-from pipelines import cli
-from pipelines.errors import (
-    ConfigError,
-    InputValidationError,
-    QualityGateError,
-    TrackingUnavailableError,
-)
+from contracts import layout
+from contracts.names import ARTIFACT_PATH, CHALLENGER, CHAMPION, EXPERIMENT_NAME, MODEL_NAME
+from contracts.names import QUALITY_GATE_TAG as GATE_TAG
+from contracts.settings import DATA_DIR, MLFLOW_TRACKING_URI
+from contracts.settings import MODEL_NAME as MODEL_NAME_ENV
+from pipelines import cli, registry
+from pipelines.errors import ConfigError, InputValidationError, QualityGateError
 from pipelines.evaluate import SplitProtocol, evaluate_fitted, split_holdout
-from pipelines.features import DEFAULT_DATA_DIR, load_features
+from pipelines.features import FeatureSnapshot, load_features
 from pipelines.lineage import git_sha
-from pipelines.recommenders import BEST_MODEL, MODELS, FittedRecommender, get_trainer
-from pipelines.snapshots import MANIFEST, sha256_file
+from recommenders import BEST_MODEL, MODELS, FittedRecommender, Trainer, get_trainer, save
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "movie-recommender"
-EXPERIMENT = "movie-recommender"
-ARTIFACT_PATH = "kserve"
 CURVE_KS = (1, 3, 5, 10, 15, 20)
+RECOMMENDERS_DIR = Path(__file__).resolve().parents[1] / "recommenders"
+CONTRACTS_DIR = Path(__file__).resolve().parents[1] / "contracts"
 
 
 @dataclass(frozen=True)
 class TrainSettings:
     """Everything one training run needs, parsed once from flags and environment."""
 
-    data_dir: Path = DEFAULT_DATA_DIR
+    data_dir: Path = DATA_DIR.default_path
     features_version: str | None = None
     model: str = BEST_MODEL
-    tracking_uri: str = "http://127.0.0.1:5000"
+    tracking_uri: str = MLFLOW_TRACKING_URI.default
     registered_model: str = MODEL_NAME
-    experiment: str = EXPERIMENT
+    experiment: str = EXPERIMENT_NAME
     k: int = 10
     seed: int = 0
     tolerance: float = 0.02
@@ -83,37 +80,77 @@ class TrainResult:
     comparison: str
 
 
-# -- MLflow reachability -------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Fitted:
+    """What `fit_and_evaluate` hands to logging and the gate."""
+
+    trainer: Trainer
+    final: FittedRecommender  # refitted on every interaction: what is served
+    train: pd.DataFrame
+    test: pd.DataFrame
+    protocol: SplitProtocol
+    split_key: str
+    metrics: dict[str, float]
+    curves: dict[str, dict[int, dict[str, float]]]
 
 
-def wait_for_tracking(uri: str, retries: int) -> None:
-    """Bounded retries with backoff against MLflow's /health; a clear error when it is down."""
-    if not uri.startswith(("http://", "https://")):
-        raise ConfigError(f"MLFLOW_TRACKING_URI must be an MLflow server URL, got {uri!r}")
-    last: Exception | None = None
-    for attempt in range(retries):
-        try:
-            response = requests.get(f"{uri.rstrip('/')}/health", timeout=5)
-            if response.status_code == 200:
-                return
-            last = RuntimeError(f"HTTP {response.status_code}")
-        except requests.RequestException as err:
-            last = err
-        if attempt + 1 < retries:
-            delay = 2.0**attempt
-            log.warning("MLflow at %s not answering (%s); retrying in %.0f s", uri, last, delay)
-            time.sleep(delay)
-    raise TrackingUnavailableError(
-        f"MLflow at {uri} is unreachable after {retries} attempts ({last}); start it with "
-        "`make up` or set MLFLOW_TRACKING_URI; nothing was logged or registered"
-    )
-
-
-# -- evaluation helpers --------------------------------------------------------------------
+# -- fit and evaluate ------------------------------------------------------------------------
 
 
 def _curves(model: FittedRecommender, test: pd.DataFrame) -> dict[int, dict[str, float]]:
     return {k: evaluate_fitted(model, test, k) for k in CURVE_KS}
+
+
+def fit_and_evaluate(snapshot: FeatureSnapshot, settings: TrainSettings) -> Fitted:
+    """Split, fit on train, evaluate against popularity on the holdout, refit on everything."""
+    interactions, catalog = snapshot.interactions, snapshot.catalog
+    if interactions.empty:
+        raise InputValidationError(f"feature snapshot {snapshot.version} has no interactions")
+    started = time.perf_counter()
+    train_part, test_part, protocol = split_holdout(
+        interactions, seed=settings.seed, protocol=SplitProtocol.AUTO
+    )
+    if test_part.empty:
+        raise InputValidationError(
+            f"feature snapshot {snapshot.version}: no user has enough interactions for a holdout"
+        )
+    log.info("split %d interactions in %.1f s: %d train, %d holdout (%s split)",
+             len(interactions), time.perf_counter() - started, len(train_part), len(test_part),
+             protocol.value)  # fmt: skip
+    trainer = get_trainer(settings.model)
+    log.info("fitting %s on %d rows", settings.model, len(train_part))
+    started = time.perf_counter()
+    evaluated = trainer.fit(train_part, catalog)
+    fit_seconds = time.perf_counter() - started
+    curves = {settings.model: _curves(evaluated, test_part)}
+    metrics = {
+        name.replace("@", "_at_"): float(v)
+        for name, v in evaluate_fitted(evaluated, test_part, settings.k).items()
+    }
+    metrics["fit_seconds"] = fit_seconds
+    if settings.model != "popularity":
+        baseline = get_trainer("popularity").fit(train_part, catalog)
+        curves["popularity"] = _curves(baseline, test_part)
+        base = evaluate_fitted(baseline, test_part, settings.k)
+        metrics[f"baseline_ndcg_at_{settings.k}"] = float(base[f"ndcg@{settings.k}"])
+
+    log.info("refitting %s on all %d interactions for serving", settings.model, len(interactions))
+    trained_on = {
+        "features_version": snapshot.version,
+        "features_manifest_sha256": snapshot.manifest_sha256,
+        "git_sha": git_sha(),
+    }
+    final = trainer.fit(interactions, catalog, trained_on=trained_on)
+    return Fitted(
+        trainer=trainer,
+        final=final,
+        train=train_part,
+        test=test_part,
+        protocol=protocol,
+        split_key=f"{snapshot.version}:{protocol.value}:{settings.seed}",
+        metrics=metrics,
+        curves=curves,
+    )
 
 
 def _plot_curves(curves: dict[str, dict[int, dict[str, float]]], path: Path) -> None:
@@ -135,38 +172,207 @@ def _plot_curves(curves: dict[str, dict[int, dict[str, float]]], path: Path) -> 
     plt.close(fig)
 
 
-def _champion(client: Any, name: str) -> Any | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, "champion")
-    except MlflowException:
-        return None
+# -- the MLflow run ----------------------------------------------------------------------------
 
 
-def _champion_ndcg(
-    client: Any,
-    champion: Any,
-    split_key: str,
-    train: pd.DataFrame,
-    test: pd.DataFrame,
-    catalog: pd.DataFrame,
-    k: int,
-) -> tuple[float, str]:
-    """NDCG@k of the champion on this holdout, and how it was obtained."""
-    tags = champion.tags or {}
-    metric = f"ndcg_at_{k}"
-    if tags.get("split_key") == split_key and metric in tags:
-        return float(tags[metric]), "its logged metric (same split)"
-    run = client.get_run(champion.run_id)
-    model_type = tags.get("model_type") or run.data.params.get("model")
-    params = json.loads(run.data.params.get("model_params", "{}"))
-    if model_type not in MODELS:
-        raise ConfigError(
-            f"champion version {champion.version} has unknown model type {model_type!r}"
+def input_example(model: FittedRecommender) -> pd.DataFrame:
+    """A request the signature accepts: a known user with a history (both optional fields)."""
+    user = int(model.user_ids[0])
+    history = [int(i) for i in model.item_ids[: min(3, model.n_items)]]
+    return pd.DataFrame({"user_id": [user], "history": [history], "k": [10]})
+
+
+def log_dataset(snapshot: FeatureSnapshot) -> None:
+    """The feature snapshot as the run's training input (shown on the run in the MLflow UI).
+
+    Digest = the feature version (a digest of its inputs); source = the snapshot directory;
+    tags name the raw snapshot (or the interaction log) it was built from.
+    """
+    import mlflow
+    import mlflow.data
+
+    source = snapshot.source
+    log_file = source.get("interactions_file") or {}
+    dataset = mlflow.data.from_pandas(
+        snapshot.interactions,
+        source=str(snapshot.path.resolve()),
+        name=f"features-{snapshot.version}",
+        digest=snapshot.version,
+    )
+    tags = {
+        "features_version": snapshot.version,
+        "features_manifest_sha256": snapshot.manifest_sha256,
+        "raw_snapshot": source.get("raw_snapshot") or "none",
+        "raw_manifest_sha256": source.get("raw_manifest_sha256") or "none",
+        "interactions_file": log_file.get("name") or "none",
+        "interactions_file_sha256": log_file.get("sha256") or "none",
+    }
+    mlflow.log_input(dataset, context="training", tags=tags)
+
+
+def _log_lineage_files(snapshot: FeatureSnapshot, data_dir: Path) -> None:
+    """Both manifests under ``lineage/``: the walk back to the crawl survives the data volume."""
+    import mlflow
+
+    mlflow.log_artifact(str(snapshot.path / layout.MANIFEST), "lineage/features")
+    raw = snapshot.source.get("raw_snapshot")
+    if raw:
+        raw_manifest = layout.DataLayout(data_dir).raw / raw / layout.MANIFEST
+        if raw_manifest.is_file():
+            mlflow.log_artifact(str(raw_manifest), "lineage/raw")
+
+
+def log_run(snapshot: FeatureSnapshot, fitted: Fitted, settings: TrainSettings) -> tuple[str, Any]:
+    """Everything about one training run, in one MLflow run; returns (run id, model info)."""
+    import mlflow
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
+
+    from recommenders.pyfunc import ARTIFACT_KEY, MODEL_CODE, requirements, signature
+
+    sha = fitted.final.trained_on["git_sha"]
+    with mlflow.start_run(run_name=f"{settings.model}-{snapshot.version}") as run:
+        mlflow.log_params(
+            {
+                "model": settings.model,
+                "model_params": json.dumps(fitted.trainer.params(), sort_keys=True),
+                "features_version": snapshot.version,
+                "split": fitted.protocol.value,
+                "seed": settings.seed,
+                "k": settings.k,
+                "train_rows": len(fitted.train),
+                "test_rows": len(fitted.test),
+            }
         )
-    fitted = get_trainer(model_type, **params).fit(train, catalog)
-    return evaluate_fitted(fitted, test, k)[f"ndcg@{k}"], f"its recipe ({model_type}) refitted"
+        mlflow.set_tags(
+            {
+                "features_version": snapshot.version,
+                "features_manifest_sha256": snapshot.manifest_sha256,
+                "features_source": json.dumps(snapshot.source, sort_keys=True),
+                MLFLOW_GIT_COMMIT: sha,
+                "git_sha": sha,
+                "model_type": settings.model,
+                "split_key": fitted.split_key,
+            }
+        )
+        log_dataset(snapshot)
+        _log_lineage_files(snapshot, settings.data_dir)
+        mlflow.log_metrics(fitted.metrics)
+        for label, by_k in fitted.curves.items():
+            for k, values in by_k.items():
+                for metric in ("precision", "recall", "ndcg", "map"):
+                    mlflow.log_metric(f"{label}_{metric}_curve", values[f"{metric}@{k}"], step=k)
+        with tempfile.TemporaryDirectory(prefix="train-") as tmp:
+            artefact = save(fitted.final, Path(tmp) / ARTIFACT_PATH)
+            mlflow.log_artifacts(str(artefact), ARTIFACT_PATH)
+            _plot_curves(fitted.curves, Path(tmp) / "metric_at_k.png")
+            mlflow.log_artifact(str(Path(tmp) / "metric_at_k.png"), "plots")
+            if snapshot.plot is not None:
+                mlflow.log_artifact(str(snapshot.plot), "plots")
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(MODEL_CODE),
+                artifacts={ARTIFACT_KEY: str(artefact)},
+                signature=signature(),
+                input_example=input_example(fitted.final),
+                pip_requirements=requirements(),
+                # only what scoring needs: the models and the contracts they read
+                code_paths=[str(RECOMMENDERS_DIR), str(CONTRACTS_DIR)],
+            )
+    return run.info.run_id, info
+
+
+# -- registration ------------------------------------------------------------------------------
+
+
+MODEL_DESCRIPTION = (
+    "Top-k movie recommender served by KServe. Each version's description is its model card; "
+    "the plain numpy artefact under kserve/ is what the predictor loads (no code runs), the "
+    "pyfunc model runs this project's code when loaded."
+)
+
+
+def model_card(
+    snapshot: FeatureSnapshot, fitted: Fitted, settings: TrainSettings, gate: registry.GateResult
+) -> str:
+    """A short Markdown model card: data, split, metrics against baseline and champion, use."""
+    k = settings.k
+    source = snapshot.source
+    origin = (
+        f"interaction log `{(source.get('interactions_file') or {}).get('name')}`"
+        if source.get("interactions_file")
+        else "the watch-log simulator"
+    )
+    if source.get("raw_snapshot"):
+        origin += f" over raw TMDB snapshot `{source['raw_snapshot']}`"
+    m = fitted.metrics
+    baseline = m.get(f"baseline_ndcg_at_{k}")
+    champion = (
+        f"{gate.champion_metric:.4f} (v{gate.champion_version})"
+        if gate.champion_metric is not None
+        else "none (first version)"
+    )
+    return "\n".join(
+        [
+            f"## {settings.model} on features `{snapshot.version}`",
+            "",
+            f"**Data**: {len(snapshot.interactions):,} interactions of "
+            f"{snapshot.interactions['user_id'].nunique():,} users over "
+            f"{snapshot.interactions['content_id'].nunique():,} films, from {origin}.",
+            f"**Split**: per-user {fitted.protocol.value} holdout, seed {settings.seed}: "
+            f"{len(fitted.train):,} train / {len(fitted.test):,} test rows.",
+            "",
+            f"| metric@{k} | this version | popularity | champion |",
+            "|---|---|---|---|",
+            f"| NDCG | {m[f'ndcg_at_{k}']:.4f} | "
+            f"{'-' if baseline is None else f'{baseline:.4f}'} | {champion} |",
+            f"| precision | {m[f'precision_at_{k}']:.4f} | | |",
+            f"| recall | {m[f'recall_at_{k}']:.4f} | | |",
+            "",
+            f"**Quality gate**: {gate.detail}",
+            "",
+            "**Intended use**: ranking films for a known user id or an anonymous watch history "
+            "on this catalog; unknown users get the popularity ranking (flagged `fallback`). "
+            "Not for users or films absent from the training data, nor for any decision about "
+            "people.",
+        ]
+    )
+
+
+def register(
+    client: Any,
+    snapshot: FeatureSnapshot,
+    fitted: Fitted,
+    settings: TrainSettings,
+    run_id: str,
+    info: Any,
+    gate: registry.GateResult,
+    first: bool,
+) -> tuple[str, tuple[str, ...]]:
+    """Register the version with its tags and card, set its aliases; return them as read back."""
+    tags = {
+        "model_type": settings.model,
+        "features_version": snapshot.version,
+        "split_key": fitted.split_key,
+        "git_sha": fitted.final.trained_on["git_sha"],
+        GATE_TAG: "passed" if gate.passed else "failed",
+        "quality_gate_detail": gate.detail,
+        **{name: f"{value:.6f}" for name, value in fitted.metrics.items()},
+    }
+    registry.ensure_registered_model(client, settings.registered_model, MODEL_DESCRIPTION)
+    mv = client.create_model_version(
+        settings.registered_model,
+        info.model_uri,
+        run_id=run_id,
+        tags=tags,
+        description=model_card(snapshot, fitted, settings, gate),
+        model_id=info.model_id,
+    )
+    version = str(mv.version)
+    if gate.passed:
+        client.set_registered_model_alias(settings.registered_model, CHALLENGER, version)
+        if first and registry.alias_version(client, settings.registered_model, CHAMPION) is None:
+            client.set_registered_model_alias(settings.registered_model, CHAMPION, version)
+    return version, registry.aliases_of(client, settings.registered_model, version)
 
 
 # -- the stage -----------------------------------------------------------------------------
@@ -178,192 +384,52 @@ def train(settings: TrainSettings) -> TrainResult:
         raise ConfigError(f"unknown model {settings.model!r}; known: {', '.join(sorted(MODELS))}")
     if not 0 <= settings.tolerance < 1:
         raise ConfigError(f"--tolerance must be in [0, 1), got {settings.tolerance}")
-    wait_for_tracking(settings.tracking_uri, settings.connect_retries)
+    uri = settings.tracking_uri
+    client = registry.connect(uri, settings.connect_retries)
+    snapshot = load_features(settings.data_dir, settings.features_version)
+    log.info("features %s: %d interactions, %d catalog rows", snapshot.version,
+             len(snapshot.interactions), len(snapshot.catalog))  # fmt: skip
+    fitted = fit_and_evaluate(snapshot, settings)
 
     import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
-    from pipelines.recommenders.pyfunc import ARTIFACT_KEY, MODEL_CODE, signature
-
-    version, catalog, interactions, manifest = load_features(
-        settings.data_dir, settings.features_version
-    )
-    if interactions.empty:
-        raise InputValidationError(f"feature snapshot {version} has no interactions")
-    features_sha = sha256_file(settings.data_dir / "features" / version / MANIFEST)
-    log.info(
-        "features %s: %d interactions, %d catalog rows", version, len(interactions), len(catalog)
-    )
-
-    train_part, test_part, protocol = split_holdout(
-        interactions, seed=settings.seed, protocol=SplitProtocol.AUTO
-    )
-    if test_part.empty:
-        raise InputValidationError(
-            f"feature snapshot {version}: no user has enough interactions for a holdout"
-        )
-    split_key = f"{version}:{protocol.value}:{settings.seed}"
-    trainer = get_trainer(settings.model)
-    log.info("fitting %s on %d rows (holdout %d rows, %s split)",
-             settings.model, len(train_part), len(test_part), protocol.value)  # fmt: skip
-    started = time.perf_counter()
-    evaluated = trainer.fit(train_part, catalog)
-    fit_seconds = time.perf_counter() - started
-    curves = {settings.model: _curves(evaluated, test_part)}
-    if settings.model != "popularity":
-        baseline = get_trainer("popularity").fit(train_part, catalog)
-        curves["popularity"] = _curves(baseline, test_part)
-    at_k = evaluate_fitted(evaluated, test_part, settings.k)
-    metrics = {name.replace("@", "_at_"): float(v) for name, v in at_k.items()}
-    metrics["fit_seconds"] = fit_seconds
-    if "popularity" in curves and settings.model != "popularity":
-        base = curves["popularity"].get(settings.k) or evaluate_fitted(
-            baseline, test_part, settings.k
-        )
-        metrics[f"baseline_ndcg_at_{settings.k}"] = float(base[f"ndcg@{settings.k}"])
-
-    log.info("refitting %s on all %d interactions for serving", settings.model, len(interactions))
-    trained_on = {
-        "features_version": version,
-        "features_manifest_sha256": features_sha,
-        "git_sha": git_sha(),
-    }
-    final = trainer.fit(interactions, catalog, trained_on=trained_on)
-
-    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
-    try:
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    with registry.mlflow_errors("reading the champion", uri):
         mlflow.set_experiment(settings.experiment)
-        champion = _champion(client, settings.registered_model)
-        with mlflow.start_run(run_name=f"{settings.model}-{version}") as run:
-            mlflow.log_params(
-                {
-                    "model": settings.model,
-                    "model_params": json.dumps(trainer.params(), sort_keys=True),
-                    "features_version": version,
-                    "split": protocol.value,
-                    "seed": settings.seed,
-                    "k": settings.k,
-                    "train_rows": len(train_part),
-                    "test_rows": len(test_part),
-                }
-            )
-            mlflow.set_tags(
-                {
-                    "features_version": version,
-                    "features_manifest_sha256": features_sha,
-                    "features_source": json.dumps(manifest.get("source", {}), sort_keys=True),
-                    "git_sha": trained_on["git_sha"],
-                    "model_type": settings.model,
-                    "split_key": split_key,
-                }
-            )
-            mlflow.log_metrics(metrics)
-            for label, by_k in curves.items():
-                for k, values in by_k.items():
-                    for metric in ("precision", "recall", "ndcg", "map"):
-                        mlflow.log_metric(
-                            f"{label}_{metric}_curve", values[f"{metric}@{k}"], step=k
-                        )
-
-            with tempfile.TemporaryDirectory(prefix="train-") as tmp:
-                artefact = Path(tmp) / ARTIFACT_PATH
-                final.save(artefact)
-                mlflow.log_artifacts(str(artefact), ARTIFACT_PATH)
-                _plot_curves(curves, Path(tmp) / "metric_at_k.png")
-                mlflow.log_artifact(str(Path(tmp) / "metric_at_k.png"), "plots")
-                plot = settings.data_dir / "features" / version / "rating_vs_watch.png"
-                if plot.is_file():
-                    mlflow.log_artifact(str(plot), "plots")
-
-                example = pd.DataFrame(
-                    {"user_id": [int(interactions["user_id"].iloc[0])], "k": [10]}
-                )
-                info = mlflow.pyfunc.log_model(
-                    name="model",
-                    python_model=str(MODEL_CODE),
-                    artifacts={ARTIFACT_KEY: str(artefact)},
-                    signature=signature(),
-                    input_example=example,
-                    pip_requirements=_requirements(),
-                    code_paths=[str(Path(__file__).resolve().parent)],
-                )
-
-            ndcg = metrics[f"ndcg_at_{settings.k}"]
-            gate_passed, comparison = True, "first version: no champion to compare with"
-            if champion is not None:
-                champ_ndcg, how = _champion_ndcg(
-                    client, champion, split_key, train_part, test_part, catalog, settings.k
-                )
-                floor = champ_ndcg * (1.0 - settings.tolerance)
-                gate_passed = ndcg >= floor
-                comparison = (
-                    f"NDCG@{settings.k}: new {ndcg:.4f} vs champion v{champion.version} "
-                    f"{champ_ndcg:.4f} ({how}); floor {floor:.4f} at tolerance "
-                    f"{settings.tolerance:.0%} -> {'PASS' if gate_passed else 'FAIL'}"
-                )
-            mlflow.set_tag("quality_gate", "passed" if gate_passed else "failed")
-            tags = {
-                "model_type": settings.model,
-                "features_version": version,
-                "split_key": split_key,
-                "git_sha": trained_on["git_sha"],
-                "quality_gate": "passed" if gate_passed else "failed",
-                "quality_gate_detail": comparison,
-                **{name: f"{value:.6f}" for name, value in metrics.items()},
-            }
-            _ensure_registered_model(client, settings.registered_model)
-            mv = client.create_model_version(
-                settings.registered_model,
-                info.model_uri,
-                run_id=run.info.run_id,
-                tags=tags,
-                model_id=info.model_id,
-            )
-    except MlflowException as err:
-        raise TrackingUnavailableError(f"MLflow rejected a call: {err.message}") from err
-    except requests.RequestException as err:
-        raise TrackingUnavailableError(f"lost MLflow at {settings.tracking_uri}: {err}") from err
-
-    aliases: tuple[str, ...] = ()
-    if gate_passed:
-        aliases = ("challenger",) if champion is not None else ("challenger", "champion")
-        for alias in aliases:
-            client.set_registered_model_alias(settings.registered_model, alias, mv.version)
-    result = TrainResult(
-        version=str(mv.version),
-        run_id=run.info.run_id,
-        metrics=metrics,
-        gate_passed=gate_passed,
-        aliases=aliases,
-        comparison=comparison,
-    )
-    if not gate_passed:
+        champion = registry.champion_version(client, settings.registered_model)
+    with registry.mlflow_errors("logging the training run", uri):
+        run_id, info = log_run(snapshot, fitted, settings)
+    with registry.mlflow_errors("comparing with the champion", uri):
+        gate = registry.quality_gate(
+            client,
+            champion,
+            fitted.metrics[f"ndcg_at_{settings.k}"],
+            split_key=fitted.split_key,
+            train=fitted.train,
+            test=fitted.test,
+            catalog=snapshot.catalog,
+            k=settings.k,
+            tolerance=settings.tolerance,
+        )
+        client.set_tag(run_id, GATE_TAG, "passed" if gate.passed else "failed")
+    with registry.mlflow_errors("registering the version", uri):
+        version, aliases = register(
+            client, snapshot, fitted, settings, run_id, info, gate, first=champion is None
+        )
+    if not gate.passed:
         raise QualityGateError(
-            f"{settings.registered_model} version {mv.version} failed the quality gate and got "
-            f"no alias: {comparison}"
+            f"{settings.registered_model} version {version} failed the quality gate and got "
+            f"no alias: {gate.detail}"
         )
-    return result
-
-
-def _ensure_registered_model(client: Any, name: str) -> None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(
-            name, description="Top-k movie recommender served by KServe (numpy artefact in kserve/)"
-        )
-
-
-def _requirements() -> list[str]:
-    """Exact pins of what the pyfunc model needs, taken from the running environment."""
-    from importlib.metadata import version
-
-    return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "numpy", "pandas", "scipy", "pyarrow")]
+    return TrainResult(
+        version=version,
+        run_id=run_id,
+        metrics=fitted.metrics,
+        gate_passed=gate.passed,
+        aliases=aliases,
+        comparison=gate.detail,
+    )
 
 
 # -- CLI -----------------------------------------------------------------------------------
@@ -373,7 +439,9 @@ app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
 
 @app.command()
 def main(
-    data_dir: Annotated[Path, typer.Option("--data-dir", envvar="DATA_DIR")] = DEFAULT_DATA_DIR,
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", envvar=DATA_DIR.name)
+    ] = DATA_DIR.default_path,
     features_version: Annotated[
         str | None, typer.Option("--features-version", help="Feature snapshot (default latest).")
     ] = None,
@@ -381,10 +449,10 @@ def main(
         str, typer.Option("--model", help=f"One of {', '.join(sorted(MODELS))}.")
     ] = BEST_MODEL,
     tracking_uri: Annotated[
-        str, typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI")
-    ] = "http://127.0.0.1:5000",
+        str, typer.Option("--tracking-uri", envvar=MLFLOW_TRACKING_URI.name)
+    ] = MLFLOW_TRACKING_URI.default,
     registered_model: Annotated[
-        str, typer.Option("--registered-model", envvar="MODEL_NAME")
+        str, typer.Option("--registered-model", envvar=MODEL_NAME_ENV.name)
     ] = MODEL_NAME,
     k: Annotated[int, typer.Option("--k", min=1, max=100, help="Cut-off of the metrics.")] = 10,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Split seed.")] = 0,
@@ -395,9 +463,6 @@ def main(
 ) -> None:
     """Train a model on a feature snapshot and register it in MLflow."""
     cli.configure_logging(verbose)
-    # MLflow's own client retries for minutes by default; keep failures bounded and clear.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     settings = TrainSettings(
         data_dir=data_dir,
         features_version=features_version,
@@ -421,5 +486,7 @@ def main(
     typer.echo(f"  quality gate: {result.comparison}")
 
 
-if __name__ == "__main__":
-    app()
+if __name__ == "__main__":  # run the imported module, so loggers and classes keep their names
+    from pipelines.train import app as _app
+
+    _app()

@@ -5,6 +5,8 @@
 - ``raw_data_dir`` / ``raw_snapshot_dir`` (session): a DATA_DIR holding one published raw
   snapshot crawled from the sandbox (5 pages), for stages downstream of the crawl.
 - ``crawl_into(sandbox, data_dir, pages=...)``: run a real crawl (in-process, real HTTP).
+- ``stack`` (module): a real local stack (`localstack.up`: MLflow, sandbox, ingress) on free
+  loopback ports with its own state, and a `Session` that runs the CLIs against it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pytest
 import requests
 
 from pipelines.crawl import CrawlResult, CrawlSettings, ProgressMode, crawl
+from tests.support.stack import Session, local_stack
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SANDBOX_MOVIES = 2000  # 100 pages
@@ -160,3 +163,10 @@ def raw_snapshot_dir(raw_data_dir: Path) -> Path:
     """The published raw snapshot directory inside `raw_data_dir` (treat as read-only)."""
     raw = raw_data_dir / "raw"
     return raw / (raw / "latest").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
+    """A real local stack per test module (see `tests.support.stack`)."""
+    with local_stack(tmp_path_factory.mktemp("local")) as session:
+        yield session

@@ -66,7 +66,8 @@ def test_build_from_crawl_publishes_catalog_interactions_plot_and_lineage(data_d
         "interactions.parquet",
         "rating_vs_watch.png",
     }
-    _, catalog, interactions, _ = load_features(data_dir)
+    snapshot = load_features(data_dir)
+    catalog, interactions = snapshot.catalog, snapshot.interactions
     raw_movies = pd.read_parquet(data_dir / "raw" / raw_id / "movies.parquet")
     assert len(catalog) == len(raw_movies) == manifest["row_counts"]["catalog"]
     assert set(interactions["content_id"]) <= set(catalog["content_id"])
@@ -122,7 +123,8 @@ def test_real_log_without_any_tmdb_snapshot(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     proc = run_features(data_dir, "build", "--interactions", str(log))
     assert proc.returncode == 0, proc.stderr
-    _, catalog, interactions, manifest = load_features(data_dir)
+    snapshot = load_features(data_dir)
+    catalog, interactions, manifest = snapshot.catalog, snapshot.interactions, snapshot.manifest
     assert manifest["source"]["raw_snapshot"] is None
     assert manifest["source"]["interactions_file"]["name"] == "ratings.csv"
     assert sorted(catalog["content_id"]) == [13, 550, 680]

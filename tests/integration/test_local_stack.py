@@ -3,8 +3,7 @@ sandbox and the ingress/controller on loopback; the pipeline CLIs crawl, build f
 and register; the rollout tool runs canaries that the controller turns into model-server
 revisions; predictions go through the ingress; the page is driven in headless Chromium.
 
-The tests run in file order and share one stack (module scope): each step builds on the last,
-as a user's session would.
+The tests share one stack (the module-scoped ``stack`` fixture of ``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -25,80 +22,12 @@ import pytest
 import requests
 
 from localstack.processes import free_port, spawn, stop_group, wait_healthy
-from localstack.stack import StackSettings, down, up
+from tests.support.stack import Session, registered_version
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = "movie-recommender"
-
-
-@dataclass
-class Session:
-    settings: StackSettings
-    data_dir: Path
-    env: dict[str, str]
-    versions: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def predict_url(self) -> str:
-        return f"{self.settings.ingress_url}/v1/models/{MODEL}:predict"
-
-    def run(
-        self,
-        *argv: str,
-        check: bool = True,
-        timeout: float = 300,
-        env: dict[str, str] | None = None,
-    ) -> subprocess.CompletedProcess[str]:
-        """`python -m <argv>` in the repo with the stack's environment (plus ``env``)."""
-        proc = subprocess.run(
-            [sys.executable, "-m", *argv],
-            cwd=REPO_ROOT,
-            env={**self.env, **(env or {})},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check:
-            assert proc.returncode == 0, f"{argv} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
-        return proc
-
-    def predict(self, instances: list[dict[str, object]], **kwargs: object) -> requests.Response:
-        return requests.post(self.predict_url, json={"instances": instances}, timeout=10, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
-    root = tmp_path_factory.mktemp("local")
-    settings = StackSettings(
-        root=root / ".local",
-        mlflow_port=free_port(),
-        sandbox_port=free_port(),
-        ingress_port=free_port(),
-        frontend_dist=REPO_ROOT / "frontend" / "dist",
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TMDB_", "MLFLOW_"))}
-    env.update(
-        DATA_DIR=str(root / "data"),
-        LOCAL_ROOT=str(settings.root),
-        MLFLOW_TRACKING_URI=settings.mlflow_url,
-        TMDB_BASE_URL=settings.sandbox_url,
-        TMDB_ACCESS_TOKEN="sandbox-token",
-        TMDB_RATE_LIMIT="0",
-    )
-    try:
-        up(settings)
-        yield Session(settings=settings, data_dir=root / "data", env=env)
-    finally:
-        down(settings)
-
-
-def registered_version(stdout: str) -> str:
-    for line in stdout.splitlines():
-        if line.startswith(f"registered {MODEL} version "):
-            return line.split()[3]
-    raise AssertionError(f"no registered version in:\n{stdout}")
 
 
 def test_only_loopback_listens(stack: Session) -> None:

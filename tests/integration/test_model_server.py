@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 import requests
 
-from pipelines.recommenders import EASE, FittedRecommender, load
-from pipelines.recommenders.synthetic import synthetic_interactions
+from recommenders import EASE, FittedRecommender, load, save
+from recommenders.synthetic import synthetic_interactions
 
 pytestmark = pytest.mark.integration
 
@@ -111,7 +111,7 @@ def artefact(tmp_path_factory: pytest.TempPathFactory) -> Path:
         n_users=300, n_items=120, n_interactions=6000, seed=3
     )
     directory = tmp_path_factory.mktemp("artefact") / "model"
-    EASE(lambda_=50.0).fit(interactions, catalog, trained_on={"run_id": "r1"}).save(directory)
+    save(EASE(lambda_=50.0).fit(interactions, catalog, trained_on={"run_id": "r1"}), directory)
     return directory
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.recommenders import EASE, MODELS, load
-from pipelines.recommenders.artifact import FORMAT_VERSION
-from pipelines.recommenders.errors import ArtifactCorruptError, ArtifactError
-from pipelines.recommenders.synthetic import synthetic_interactions
+from recommenders import EASE, MODELS, load, save
+from recommenders.artifact import FORMAT_VERSION
+from recommenders.errors import ArtifactCorruptError, ArtifactError
+from recommenders.synthetic import synthetic_interactions
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def test_round_trip_gives_identical_rankings(name: str, data, tmp_path: Path) ->
     interactions, catalog = data
     params = {"epochs": 1} if name == "movie_predictor" else {}
     fitted = MODELS[name](**params).fit(interactions, catalog, trained_on={"features": "v1"})
-    fitted.save(tmp_path)
+    save(fitted, tmp_path)
     loaded = load(tmp_path)
     assert loaded.model_type == fitted.model_type
     assert loaded.trained_on == {"features": "v1"}
@@ -37,7 +37,9 @@ def test_round_trip_gives_identical_rankings(name: str, data, tmp_path: Path) ->
         strict=True,
     ):
         np.testing.assert_array_equal(a.content_ids, b.content_ids)
-        np.testing.assert_array_equal(a.scores, b.scores)
+        # the loaded model answers known users from the top-k computed at save in blocks of 64
+        # rows, the fitted one scores this batch online: same ranking, BLAS-rounding-equal scores
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
     pd.testing.assert_frame_equal(loaded.catalog, fitted.catalog)
     metadata = json.loads((tmp_path / "recommender.json").read_text())
     assert metadata["n_items"] == fitted.n_items
@@ -46,7 +48,7 @@ def test_round_trip_gives_identical_rankings(name: str, data, tmp_path: Path) ->
 
 @pytest.fixture
 def saved(data, tmp_path: Path) -> Path:
-    MODELS["popularity"]().fit(*data).save(tmp_path)
+    save(MODELS["popularity"]().fit(*data), tmp_path)
     return tmp_path
 
 
@@ -93,7 +95,7 @@ def test_an_old_format_artefact_is_refused_with_a_hint(saved: Path) -> None:
 
 def test_ease_weights_are_stored_sparse(data, tmp_path: Path) -> None:
     interactions, catalog = data
-    EASE(neighbours=10).fit(interactions, catalog).save(tmp_path)
+    save(EASE(neighbours=10).fit(interactions, catalog), tmp_path)
     with np.load(tmp_path / "arrays.npz", allow_pickle=False) as npz:
         assert "model__B" not in npz.files
         assert npz["model__B_indices"].dtype == np.int32
@@ -121,7 +123,7 @@ def test_precomputed_top_k_of_known_users_equals_the_online_ranking(
     interactions, catalog = data
     params = {"epochs": 1} if name == "movie_predictor" else {}
     online = MODELS[name](**params).fit(interactions, catalog)  # never saved: no lookup table
-    MODELS[name](**params).fit(interactions, catalog).save(tmp_path)
+    save(MODELS[name](**params).fit(interactions, catalog), tmp_path)
     served = load(tmp_path)
     assert online.precomputed is None
     assert served.precomputed is not None

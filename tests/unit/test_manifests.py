@@ -418,7 +418,7 @@ def test_overlays_differ_as_documented():
 
 def _python_sources() -> str:
     texts = []
-    for package in ("pipelines", "model_server", "tmdb_sandbox"):
+    for package in ("contracts", "recommenders", "pipelines", "model_server", "tmdb_sandbox"):
         for path in sorted((ROOT / package).rglob("*.py")):
             texts.append(path.read_text(encoding="utf-8"))
     return "\n".join(texts)

@@ -7,15 +7,16 @@ import pandas as pd
 import pytest
 
 from pipelines.evaluate import evaluate_models
-from pipelines.recommenders import BEST_MODEL, EASE, MODELS, MoviePredictor, Popularity
-from pipelines.recommenders.base import build_matrix, interaction_confidence, top_k, top_k_row
-from pipelines.recommenders.ease import ease_weights
-from pipelines.recommenders.errors import (
+from recommenders import BEST_MODEL, EASE, MODELS, MoviePredictor, Popularity
+from recommenders.data import build_matrix, interaction_confidence
+from recommenders.ease import ease_weights
+from recommenders.errors import (
     HyperparameterError,
     InvalidRequestError,
     TrainingDataError,
 )
-from pipelines.recommenders.synthetic import synthetic_interactions
+from recommenders.synthetic import synthetic_interactions
+from recommenders.topk import top_k, top_k_row
 
 
 @pytest.fixture(scope="module")

@@ -33,14 +33,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from pipelines.recommenders.base import (
-    FittedRecommender,
-    Trainer,
-    Weighting,
-    build_matrix,
-    display_catalog,
-    item_popularity,
-)
+from recommenders.base import FittedRecommender, Trainer
+from recommenders.data import Weighting, build_matrix, display_catalog, item_popularity
 
 FEATURES = ("rating", "popularity", "watch_seconds")
 

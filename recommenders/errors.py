@@ -1,16 +1,16 @@
 """Domain errors of the recommenders package.
 
-They extend `pipelines.errors.PipelineError`, so a batch CLI turns them into an exit code
+They extend `contracts.errors.ProjectError`, so a batch CLI turns them into an exit code
 (`exit_code`), and each names the HTTP status a model server should answer with
 (`http_status`); the server registers that mapping in one place.
 """
 
 from __future__ import annotations
 
-from pipelines.errors import PipelineError
+from contracts.errors import ProjectError
 
 
-class RecommenderError(PipelineError):
+class RecommenderError(ProjectError):
     """Base class of the recommenders' errors."""
 
     exit_code = 1
@@ -18,7 +18,7 @@ class RecommenderError(PipelineError):
 
 
 class UnknownModelError(RecommenderError):
-    """A model name that is not in `pipelines.recommenders.MODELS` (a usage error)."""
+    """A model name that is not in `recommenders.registry.MODELS` (a usage error)."""
 
     exit_code = 2
     http_status = 400

@@ -1,4 +1,4 @@
-"""What every recommender shares: input preparation, the scoring object and top-k selection.
+"""What every recommender shares: the scoring object and the trainer.
 
 Two halves, so training and serving never drift apart:
 
@@ -6,12 +6,10 @@ Two halves, so training and serving never drift apart:
   ``fit(interactions, catalog)`` returns
 - a *fitted recommender* (`FittedRecommender` subclass): the load-once / predict-many scoring
   object. The KServe predictor and the MLflow pyfunc wrapper both call `recommend` /
-  `recommend_many` on the object `pipelines.recommenders.load` returns, so they rank identically.
+  `recommend_many` on the object `recommenders.load` returns, so they rank identically.
 
-The item universe is the set of content ids that occur in the training interactions (a catalog
-item nobody interacted with cannot be scored by a collaborative model; it becomes known at the
-next training run). User and item ids are kept sorted, so index order is id order and ties are
-broken towards the smaller content id.
+Input preparation is `recommenders.data`, top-k selection `recommenders.topk`, the artefact
+format `recommenders.artifact`.
 """
 
 from __future__ import annotations
@@ -27,13 +25,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from pipelines.recommenders.errors import InvalidRequestError, TrainingDataError
+from recommenders.errors import InvalidRequestError
+from recommenders.topk import top_k, top_k_row
 
-# Display fields that travel with a model so a server can show titles without the feature store.
-DISPLAY_COLUMNS = ["content_id", "title", "poster_path", "release_date", "vote_average"]
-
-# Watch time that counts as "one full feature film" when turning seconds into confidence.
-FULL_WATCH_SECONDS = 7200.0
 # Rows scored at once by `recommend_many`; bounds the dense (rows x n_items) float32 score block
 # (2.5 MB at 10k items). At 256 rows (10 MB) glibc handed each block out as fresh mmap'd pages:
 # ~13,500 page faults, ~20 ms of system time per 1,000 users x 10k items (59 ms -> ~35 ms with
@@ -47,13 +41,6 @@ PRECOMPUTED_K = 100
 # Up to this many requests, `recommend_many` answers each with the single-request path: the
 # vectorised path's fixed cost (sparse row slicing, index arrays) only pays off on larger batches.
 _ONE_BY_ONE_MAX = 8
-
-
-class Weighting(str, Enum):
-    """How an interaction enters a collaborative model's user-item matrix."""
-
-    BINARY = "binary"  # 1 for every (user, item) seen: the classic implicit-feedback input
-    CONFIDENCE = "confidence"  # `interaction_confidence`: more watch time / rating, more weight
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,174 +64,6 @@ class Recommendation:
             "fallback": self.fallback,
             "reason": self.reason,
         }
-
-
-# -- input preparation -----------------------------------------------------------------------
-
-
-def validate_interactions(interactions: pd.DataFrame) -> pd.DataFrame:
-    """Check the columns a model trains on; return the frame with int64 ids.
-
-    ``rating`` and ``watch_seconds`` are both optional and may hold nulls; a row with neither
-    still counts as an interaction (confidence 1).
-    """
-    missing = {"user_id", "content_id"} - set(interactions.columns)
-    if missing:
-        raise TrainingDataError(f"interactions lack column(s) {sorted(missing)}")
-    if interactions.empty:
-        raise TrainingDataError("interactions are empty: nothing to train on")
-    ids = interactions[["user_id", "content_id"]]
-    if ids.isna().any().any():
-        raise TrainingDataError("interactions have null user_id or content_id")
-    try:
-        out = interactions.assign(
-            user_id=ids["user_id"].astype("int64"), content_id=ids["content_id"].astype("int64")
-        )
-    except (TypeError, ValueError) as err:
-        raise TrainingDataError(f"user_id/content_id are not integers: {err}") from err
-    return out
-
-
-def interaction_confidence(interactions: pd.DataFrame, alpha: float = 1.0) -> np.ndarray:
-    """Confidence of each interaction row: ``1 + alpha * strength``, strength in [0, ~1].
-
-    strength is the mean of the signals a row has: ``watch_seconds / 7200`` (clipped to [0, 2],
-    so a binge does not drown everything) and ``rating / max rating`` of the frame. A row with
-    neither signal has strength 0 (it still happened).
-    """
-    n = len(interactions)
-    parts: list[np.ndarray] = []
-    if "watch_seconds" in interactions:
-        watch = pd.to_numeric(interactions["watch_seconds"], errors="coerce").to_numpy(
-            dtype=np.float64, na_value=np.nan
-        )
-        parts.append(np.clip(watch / FULL_WATCH_SECONDS, 0.0, 2.0))
-    if "rating" in interactions:
-        rating = pd.to_numeric(interactions["rating"], errors="coerce").to_numpy(
-            dtype=np.float64, na_value=np.nan
-        )
-        top = np.nanmax(rating) if np.isfinite(rating).any() else 1.0
-        parts.append(np.clip(rating / (top if top > 0 else 1.0), 0.0, 1.0))
-    if not parts:
-        return np.ones(n, dtype=np.float32)
-    stacked = np.vstack(parts)
-    present = np.isfinite(stacked)
-    total = np.where(present, stacked, 0.0).sum(axis=0)
-    count = present.sum(axis=0)
-    strength = np.divide(total, count, out=np.zeros(n), where=count > 0)
-    return (1.0 + alpha * strength).astype(np.float32)
-
-
-@dataclass(frozen=True, eq=False)
-class InteractionMatrix:
-    """Training interactions as a CSR user x item matrix over sorted id universes."""
-
-    user_ids: np.ndarray  # int64, sorted, unique
-    item_ids: np.ndarray  # int64, sorted, unique
-    matrix: sp.csr_matrix  # float32 weights; duplicate (user, item) rows are summed
-    user_index: np.ndarray  # row index of every interaction row
-    item_index: np.ndarray  # column index of every interaction row
-
-
-def build_matrix(
-    interactions: pd.DataFrame, weighting: Weighting, alpha: float = 1.0
-) -> InteractionMatrix:
-    """Index users and items and build the weighted user x item matrix."""
-    frame = validate_interactions(interactions)
-    user_ids, user_index = np.unique(frame["user_id"].to_numpy(), return_inverse=True)
-    item_ids, item_index = np.unique(frame["content_id"].to_numpy(), return_inverse=True)
-    if weighting is Weighting.BINARY:
-        weights = np.ones(len(frame), dtype=np.float32)
-    else:
-        weights = interaction_confidence(frame, alpha)
-    matrix = sp.csr_matrix(
-        (weights, (user_index, item_index)),
-        shape=(len(user_ids), len(item_ids)),
-        dtype=np.float32,
-    )
-    matrix.sum_duplicates()
-    if weighting is Weighting.BINARY:
-        matrix.data[:] = 1.0
-    matrix.sort_indices()
-    return InteractionMatrix(user_ids, item_ids, matrix, user_index, item_index)
-
-
-def item_popularity(matrix: sp.csr_matrix) -> np.ndarray:
-    """Number of distinct users per item (float32): the popularity ranking and fallback."""
-    return np.bincount(matrix.indices, minlength=matrix.shape[1]).astype(np.float32)
-
-
-def display_catalog(catalog: pd.DataFrame | None, item_ids: np.ndarray) -> pd.DataFrame | None:
-    """The display fields of the catalog rows of known items (None without a catalog)."""
-    if catalog is None or "content_id" not in catalog:
-        return None
-    columns = [c for c in DISPLAY_COLUMNS if c in catalog.columns]
-    rows = catalog.loc[catalog["content_id"].isin(item_ids), columns]
-    return rows.drop_duplicates("content_id").sort_values("content_id").reset_index(drop=True)
-
-
-# -- top-k -----------------------------------------------------------------------------------
-
-
-def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Column indices and values of each row's k best scores, best first.
-
-    Ties are broken towards the smaller column index, so the result is a function of the scores
-    alone. ``-inf`` marks excluded items: they sort last and callers drop them (a
-    `Recommendation` is then shorter than k).
-
-    For wide rows a full sort or ``argpartition`` costs ~90 µs per 10k-item row; instead we split
-    each row into ~√m groups (the columns of a ``(depth, groups)`` reshape, whose maxima are one
-    vectorised element-wise ``max``) and take the k-th largest group maximum: a lower bound of
-    the row's k-th best score (k groups each hold an element at least that large; items left
-    out of the reshape only add candidates). Only the few elements above that bound (~k per
-    row on real scores) are gathered and sorted.
-    """
-    n, m = scores.shape
-    k = min(k, m)
-    depth = int(np.sqrt(m))
-    groups = m // depth if depth else 0
-    if m <= 256 or k > groups:
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        return order, np.take_along_axis(scores, order, axis=1)
-    maxima = scores[:, : depth * groups].reshape(n, depth, groups).max(axis=1)
-    bound = np.partition(maxima, groups - k, axis=1)[:, groups - k]
-    flat = np.flatnonzero(scores >= bound[:, None])
-    rows, cols = np.divmod(flat, m)
-    vals = scores.ravel()[flat]
-    order = np.lexsort((cols, -vals, rows))
-    rows, cols, vals = rows[order], cols[order], vals[order]
-    rank = np.arange(len(rows)) - np.searchsorted(rows, np.arange(n))[rows]
-    keep = rank < k
-    out_idx = np.zeros((n, k), dtype=np.int64)
-    out_val = np.full((n, k), -np.inf, dtype=scores.dtype)
-    out_idx[rows[keep], rank[keep]] = cols[keep]
-    out_val[rows[keep], rank[keep]] = vals[keep]
-    return out_idx, out_val
-
-
-def top_k_row(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """`top_k` of one 1-D row, minus the ``-inf`` entries: the single-request hot path.
-
-    The same algorithm and result as ``top_k(scores[None, :], k)`` (ties towards the smaller
-    index) without the batch bookkeeping: ~14 µs instead of ~30 µs on a 10k-item row.
-    """
-    m = len(scores)
-    k = min(k, m)
-    depth = int(np.sqrt(m))
-    groups = m // depth if depth else 0
-    if m <= 256 or k > groups:
-        order = np.argsort(-scores, kind="stable")[:k]
-    else:
-        maxima = scores[: depth * groups].reshape(depth, groups).max(axis=0)
-        bound = np.partition(maxima, groups - k)[groups - k]
-        candidates = np.flatnonzero(scores >= bound)  # ascending: a stable sort keeps id order
-        order = candidates[np.argsort(-scores[candidates], kind="stable")[:k]]
-    values = scores[order]
-    if len(values) and values[-1] == -np.inf:  # excluded items sort last: drop them
-        keep = values > -np.inf
-        order, values = order[keep], values[keep]
-    return order, values
 
 
 # -- the scoring object ------------------------------------------------------------------------
@@ -538,14 +357,6 @@ class FittedRecommender(ABC):
         if self._top_cols is None or self._top_scores is None:
             return None
         return self._top_cols, self._top_scores
-
-    # -- persistence (see pipelines.recommenders.artifact) --------------------------------
-
-    def save(self, directory: Any) -> None:
-        """Write the artefact directory (`pipelines.recommenders.artifact.save`)."""
-        from pipelines.recommenders.artifact import save
-
-        save(self, directory)
 
 
 @dataclass(frozen=True)

@@ -26,15 +26,9 @@ import pandas as pd
 import scipy.linalg.lapack as lapack
 import scipy.sparse as sp
 
-from pipelines.recommenders.base import (
-    FittedRecommender,
-    Trainer,
-    Weighting,
-    build_matrix,
-    display_catalog,
-    item_popularity,
-)
-from pipelines.recommenders.errors import (
+from recommenders.base import FittedRecommender, Trainer
+from recommenders.data import Weighting, build_matrix, display_catalog, item_popularity
+from recommenders.errors import (
     ArtifactCorruptError,
     HyperparameterError,
     TrainingDataError,

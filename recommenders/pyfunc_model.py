@@ -6,6 +6,6 @@ its one piece of work at import: declaring which PythonModel the file defines.
 
 from mlflow.models import set_model
 
-from pipelines.recommenders.pyfunc import RecommenderPyfunc
+from recommenders.pyfunc import RecommenderPyfunc
 
 set_model(RecommenderPyfunc())

@@ -1,10 +1,20 @@
 """The MLflow pyfunc flavour of a recommender: the same artefact and scoring as the predictor.
 
 ``mlflow.pyfunc.load_model("models:/movie-recommender/<v>").predict(frame)`` takes a DataFrame with
-one row per request — ``user_id`` (nullable), ``history`` (list of content ids, nullable), ``k``
-(default 10), ``exclude_seen`` (default true) — and returns one row per request with
+one row per request — ``user_id`` (int64), ``history`` (list of content ids), ``k`` (default 10),
+``exclude_seen`` (default true), every column optional — and returns one row per request with
 ``content_ids``, ``scores``, ``fallback`` and ``reason``: the same ranking the KServe predictor
 returns for that version, because both call `FittedRecommender.recommend` on the same files.
+
+``user_id`` is typed ``any`` in the signature and validated here: ids are int64, and no MLflow
+column type holds "an integer or missing" — a ``long`` column refuses the NaN pandas puts beside
+user rows in a mixed batch, a ``double`` column refuses int64 input (MLflow only casts integers
+of up to 6 bytes to double). An integral float (``42.0``, what pandas makes of a mixed column)
+is accepted; anything else is refused naming the row.
+
+Loading this flavour runs the project's code (``pyfunc_model.py`` and the packages logged as
+``code_paths``); a consumer that only needs rankings loads the numpy artefact under ``kserve/``
+with `recommenders.load`, which runs none (arrays are read with ``allow_pickle=False``).
 """
 
 from __future__ import annotations
@@ -14,12 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, DataType, Schema
-from mlflow.types.schema import Array
+from mlflow.types.schema import AnyType, Array
 
-ARTIFACT_KEY = "kserve"
+from contracts.names import ARTIFACT_PATH
+from recommenders.errors import InvalidRequestError
+
+ARTIFACT_KEY = ARTIFACT_PATH
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 
 
@@ -28,9 +42,7 @@ def signature() -> ModelSignature:
     return ModelSignature(
         inputs=Schema(
             [
-                # double, not long: pandas holds a nullable integer column as float, and a batch
-                # mixing user rows with history-only rows has missing user ids
-                ColSpec(DataType.double, "user_id", required=False),
+                ColSpec(AnyType(), "user_id", required=False),  # an int64 id or missing
                 ColSpec(Array(DataType.long), "history", required=False),
                 ColSpec(DataType.long, "k", required=False),
                 ColSpec(DataType.boolean, "exclude_seen", required=False),
@@ -47,9 +59,21 @@ def signature() -> ModelSignature:
     )
 
 
-def _optional_int(value: Any) -> int | None:
+def requirements() -> list[str]:
+    """Exact pins of what loading the model needs, taken from the running environment."""
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "numpy", "pandas", "scipy", "pyarrow")]
+
+
+def _optional_int(value: Any, field: str, row: int) -> int | None:
+    """An integer field of a request row: None when missing, an error naming it when not an int."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise InvalidRequestError(f"row {row}: {field} must be an integer, got {value!r}")
+    if float(value) != int(value):
+        raise InvalidRequestError(f"row {row}: {field} must be an integer, got {value!r}")
     return int(value)
 
 
@@ -63,7 +87,7 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
     """Loads the numpy artefact once; `predict` scores every row with it."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        from pipelines.recommenders.artifact import load
+        from recommenders.artifact import load
 
         self.model = load(context.artifacts[ARTIFACT_KEY], verify=True)
 
@@ -74,11 +98,11 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
         rows = []
-        for record in model_input.to_dict(orient="records"):
-            k = _optional_int(record.get("k")) or 10
+        for row, record in enumerate(model_input.to_dict(orient="records")):
+            k = _optional_int(record.get("k"), "k", row) or 10
             exclude = record.get("exclude_seen")
             rec = self.model.recommend(
-                user_id=_optional_int(record.get("user_id")),
+                user_id=_optional_int(record.get("user_id"), "user_id", row),
                 history=_history(record.get("history")),
                 k=k,
                 exclude_seen=True if exclude is None else bool(exclude),

@@ -25,9 +25,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from pipelines.recommenders.base import FittedRecommender
-from pipelines.recommenders.errors import ArtifactCorruptError, ArtifactError
-from pipelines.snapshots import sha256_file
+from contracts.files import sha256_file
+from recommenders.base import FittedRecommender
+from recommenders.errors import ArtifactCorruptError, ArtifactError
+from recommenders.registry import FITTED
 
 # 2: EASE stores B as CSR (model__B_indptr/B_indices/B_data) instead of a dense model__B.
 # 3: top_cols/top_scores: every known user's precomputed top-k (batch inference at save).
@@ -61,9 +62,9 @@ def save(model: FittedRecommender, directory: str | Path) -> Path:
         "seen_data": model.seen.data.astype(np.float32),
         "popularity": model.popularity,
     }
-    if model.precomputed is None:
-        model.use_precomputed(*model.precompute_top())
-    top_cols, top_scores = model.precomputed  # type: ignore[misc]
+    # batch inference: known users' top-k, unless the model already carries it (read-only: the
+    # model is not changed by being saved)
+    top_cols, top_scores = model.precomputed or model.precompute_top()
     arrays.update({"top_cols": top_cols, "top_scores": top_scores})
     arrays.update({_MODEL_PREFIX + k: np.asarray(v) for k, v in model.arrays.items()})
     with (out / ARRAYS).open("wb") as fh:
@@ -112,8 +113,6 @@ def verify_artifact(directory: str | Path) -> dict[str, str]:
 
 def load(directory: str | Path, verify: bool = True) -> FittedRecommender:
     """Read an artefact directory into the scoring object of its model type."""
-    from pipelines.recommenders import FITTED
-
     root = Path(directory)
     if verify:
         verify_artifact(root)

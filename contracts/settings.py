@@ -1,0 +1,50 @@
+"""Environment variables that more than one component reads, each with its one default.
+
+A CLI option names the variable (``envvar=DATA_DIR.name``) and its default
+(``= DATA_DIR.default``); a settings object reads it with ``DATA_DIR.get(env)``. The defaults
+point at the local stack (`make up`), so every CLI works on one machine without configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from contracts.names import MODEL_NAME as _MODEL_NAME
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One environment variable and the default used when it is unset or empty."""
+
+    name: str
+    default: str
+    meaning: str
+
+    def get(self, env: Mapping[str, str] | None = None) -> str:
+        value = (os.environ if env is None else env).get(self.name, "")
+        return value or self.default
+
+    def path(self, env: Mapping[str, str] | None = None) -> Path:
+        return Path(self.get(env))
+
+    @property
+    def default_path(self) -> Path:
+        return Path(self.default)
+
+
+LOOPBACK = "127.0.0.1"
+
+DATA_DIR = EnvVar("DATA_DIR", ".local/data", "raw, feature and event snapshots")
+LOCAL_ROOT = EnvVar("LOCAL_ROOT", ".local", "local stack state")
+MLFLOW_PORT = EnvVar("MLFLOW_PORT", "5000", "local MLflow port")
+INGRESS_PORT = EnvVar("INGRESS_PORT", "8080", "local ingress port")
+SANDBOX_PORT = EnvVar("SANDBOX_PORT", "8090", "local TMDB sandbox port")
+MLFLOW_TRACKING_URI = EnvVar(
+    "MLFLOW_TRACKING_URI", f"http://{LOOPBACK}:{MLFLOW_PORT.default}", "MLflow server"
+)
+MODEL_NAME = EnvVar("MODEL_NAME", _MODEL_NAME, "registered model name")
+MODEL_VERSION = EnvVar("MODEL_VERSION", "", "version the predictor reports")
+MODEL_SERVER_HOST = EnvVar("MODEL_SERVER_HOST", LOOPBACK, "address the predictor binds")

@@ -1,0 +1,242 @@
+"""The MLflow model registry as training and rollout use it: reachability, aliases, the gate.
+
+One owner for every registry hand-off:
+
+- `connect`: bounded retries against the server's ``/health``, then an `MlflowClient` whose own
+  HTTP retries are bounded too (MLflow's default retries for minutes);
+- `mlflow_errors`: every `MlflowException` becomes a named error with its documented exit
+  code — `TrackingUnavailableError` (8) when the server cannot be reached or fails (transport
+  errors, 5xx), `TrackingRejectedError` (11) when it answers and refuses the call;
+- aliases, the deployment record: ``champion`` (served at 100 %), ``previous`` (the champion it
+  replaced: the rollback target), ``challenger`` (passed the gate, not promoted);
+- the quality gate: a new version may not lose more than the tolerance of the champion's NDCG@k
+  on the same holdout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import requests
+
+from contracts.names import CHALLENGER, CHAMPION, PREVIOUS, QUALITY_GATE_TAG
+from pipelines.errors import (
+    ConfigError,
+    TrackingRejectedError,
+    TrackingUnavailableError,
+)
+from pipelines.evaluate import evaluate_fitted
+from recommenders import MODELS, get_trainer
+
+log = logging.getLogger(__name__)
+
+# MLflow's REST client retries each call with backoff for minutes by default; a stage that
+# cannot reach the server must say so within seconds.
+_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def connect(tracking_uri: str, retries: int = 3) -> Any:
+    """An `MlflowClient` for a server that answered ``/health`` (bounded retries, then exit 8)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        raise ConfigError(f"MLFLOW_TRACKING_URI must be an MLflow server URL, got {tracking_uri!r}")
+    for key, value in _CLIENT_ENV.items():
+        os.environ.setdefault(key, value)
+    last: Exception | None = None
+    for attempt in range(retries):
+        try:
+            response = requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=5)
+            if response.status_code == 200:
+                break
+            last = RuntimeError(f"HTTP {response.status_code}")
+        except requests.RequestException as err:
+            last = err
+        if attempt + 1 < retries:
+            delay = 2.0**attempt
+            log.warning("MLflow at %s not answering (%s); retrying in %.0f s", tracking_uri,
+                        last, delay)  # fmt: skip
+            time.sleep(delay)
+    else:
+        raise TrackingUnavailableError(
+            f"MLflow at {tracking_uri} is unreachable after {retries} attempts ({last}); start it "
+            "with `make up` or set MLFLOW_TRACKING_URI; nothing was changed"
+        )
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def _unavailable(err: Exception) -> bool:
+    """Whether an `MlflowException` means the server was not reached or failed (not a refusal)."""
+    message = getattr(err, "message", str(err))
+    return "API request to" in message or isinstance(err.__cause__, requests.RequestException)
+
+
+@contextlib.contextmanager
+def mlflow_errors(action: str, tracking_uri: str) -> Iterator[None]:
+    """Turn MLflow's and the transport's exceptions into the stages' named errors."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as err:
+        if _unavailable(err):
+            raise TrackingUnavailableError(
+                f"lost MLflow at {tracking_uri} while {action}: {err.message}"
+            ) from err
+        raise TrackingRejectedError(f"MLflow refused {action}: {err.message}") from err
+    except requests.RequestException as err:
+        raise TrackingUnavailableError(
+            f"lost MLflow at {tracking_uri} while {action}: {err}"
+        ) from err
+
+
+# -- aliases -----------------------------------------------------------------------------------
+
+
+def alias_version(client: Any, name: str, alias: str) -> str | None:
+    """The version an alias points at; None when the alias (or the model) does not exist.
+
+    Only "not found" means None: any other failure raises, so that an unreachable server is
+    never reported as "no version is aliased …".
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException as err:
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") and (
+            "not found" in err.message.lower() or "does not exist" in err.message.lower()
+        ):
+            return None
+        raise
+
+
+def aliases_of(client: Any, name: str, version: str) -> tuple[str, ...]:
+    """The aliases a version carries, as the server reports them now (sorted)."""
+    return tuple(sorted(client.get_model_version(name, version).aliases or ()))
+
+
+def move_champion(client: Any, name: str, version: str) -> str | None:
+    """``champion`` -> ``version``; the old champion becomes ``previous``; returns the old one.
+
+    A promoted version is no longer a challenger: ``challenger`` is removed when it points at
+    ``version``. Idempotent: moving the champion to itself changes nothing.
+    """
+    old = alias_version(client, name, CHAMPION)
+    if old != version:
+        if old is not None:
+            client.set_registered_model_alias(name, PREVIOUS, old)
+        client.set_registered_model_alias(name, CHAMPION, version)
+        log.info("alias %s -> version %s (was %s)", CHAMPION, version, old)
+    if alias_version(client, name, CHALLENGER) == version:
+        client.delete_registered_model_alias(name, CHALLENGER)
+    return old
+
+
+def restore_previous(client: Any, name: str, version: str) -> None:
+    """After a rollback to ``previous``: it is ``champion`` again and nothing is ``previous``."""
+    client.set_registered_model_alias(name, CHAMPION, version)
+    if alias_version(client, name, PREVIOUS) is not None:
+        client.delete_registered_model_alias(name, PREVIOUS)
+    log.info("alias %s -> version %s (rolled back)", CHAMPION, version)
+
+
+def gate_passed(mv: Any) -> bool:
+    """Whether a registered version passed training's quality gate (untagged: it did)."""
+    return (mv.tags or {}).get(QUALITY_GATE_TAG, "passed") != "failed"
+
+
+def ensure_registered_model(client: Any, name: str, description: str) -> None:
+    """Create the registered model once; keep its description current."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        with contextlib.suppress(MlflowException):  # a concurrent first train created it
+            client.create_registered_model(name, description=description)
+            return
+    client.update_registered_model(name, description=description)
+
+
+# -- the quality gate --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The gate's verdict and the numbers behind it."""
+
+    passed: bool
+    detail: str
+    champion_version: str | None = None
+    champion_metric: float | None = None
+
+
+def champion_metric(
+    client: Any,
+    champion: Any,
+    split_key: str,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    catalog: pd.DataFrame,
+    k: int,
+) -> tuple[float, str]:
+    """NDCG@k of the champion on this holdout, and how it was obtained.
+
+    Its logged metric when it was trained on this very split; otherwise its recipe (model type
+    and parameters) refitted on this split's train part.
+    """
+    tags = champion.tags or {}
+    metric = f"ndcg_at_{k}"
+    if tags.get("split_key") == split_key and metric in tags:
+        return float(tags[metric]), "its logged metric (same split)"
+    run = client.get_run(champion.run_id)
+    model_type = tags.get("model_type") or run.data.params.get("model")
+    params = json.loads(run.data.params.get("model_params", "{}"))
+    if model_type not in MODELS:
+        raise ConfigError(
+            f"champion version {champion.version} has unknown model type {model_type!r}"
+        )
+    fitted = get_trainer(model_type, **params).fit(train, catalog)
+    return evaluate_fitted(fitted, test, k)[f"ndcg@{k}"], f"its recipe ({model_type}) refitted"
+
+
+def quality_gate(
+    client: Any,
+    champion: Any | None,
+    ndcg: float,
+    *,
+    split_key: str,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    catalog: pd.DataFrame,
+    k: int,
+    tolerance: float,
+) -> GateResult:
+    """Compare a new NDCG@k with the champion's on the same holdout."""
+    if champion is None:
+        return GateResult(True, "first version: no champion to compare with")
+    champ, how = champion_metric(client, champion, split_key, train, test, catalog, k)
+    floor = champ * (1.0 - tolerance)
+    passed = ndcg >= floor
+    detail = (
+        f"NDCG@{k}: new {ndcg:.4f} vs champion v{champion.version} {champ:.4f} ({how}); "
+        f"floor {floor:.4f} at tolerance {tolerance:.0%} -> {'PASS' if passed else 'FAIL'}"
+    )
+    return GateResult(passed, detail, str(champion.version), champ)
+
+
+def champion_version(client: Any, name: str) -> Any | None:
+    """The registered version aliased ``champion``, or None."""
+    version = alias_version(client, name, CHAMPION)
+    return None if version is None else client.get_model_version(name, version)

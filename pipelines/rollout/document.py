@@ -1,0 +1,86 @@
+"""The InferenceService document: what a rollout step changes in it, and nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from contracts.inferenceservice import (
+    API_VERSION,
+    CONTAINER,
+    LOCAL_STEP_PERCENT,
+    MODEL_VERSION_ENV,
+    STEP_ANNOTATION,
+    STORAGE_URI_ENV,
+)
+from pipelines.errors import RolloutError
+
+
+def new_inferenceservice(name: str) -> dict[str, Any]:
+    """The local stack's starting document (the cluster's comes from the kustomize overlay)."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "InferenceService",
+        "metadata": {
+            "name": name,
+            "annotations": {
+                "serving.kserve.io/deploymentMode": "Knative",
+                "serving.kserve.io/enable-tag-routing": "true",
+                STEP_ANNOTATION: str(LOCAL_STEP_PERCENT),
+            },
+        },
+        "spec": {
+            "predictor": {
+                "minReplicas": 1,
+                "containers": [
+                    {
+                        "name": CONTAINER,
+                        "args": [f"--model_name={name}", "--model_dir=/mnt/models"],
+                        "env": [],
+                    }
+                ],
+            }
+        },
+    }
+
+
+def container(isvc: dict[str, Any]) -> dict[str, Any]:
+    """The predictor's ``kserve-container``."""
+    for item in isvc["spec"]["predictor"].get("containers") or []:
+        if item.get("name") == CONTAINER:
+            return item
+    raise RolloutError(f"the InferenceService has no predictor container named {CONTAINER}")
+
+
+def _set_env(target: dict[str, Any], name: str, value: str) -> None:
+    env = target.setdefault("env", [])
+    for item in env:
+        if item.get("name") == name:
+            item.pop("valueFrom", None)
+            item["value"] = value
+            return
+    env.append({"name": name, "value": value})
+
+
+def served_version(isvc: dict[str, Any]) -> str | None:
+    """The ``MODEL_VERSION`` the predictor template names."""
+    for item in container(isvc).get("env", []):
+        if item.get("name") == MODEL_VERSION_ENV:
+            return item.get("value")
+    return None
+
+
+def set_version(isvc: dict[str, Any], storage_uri: str, version: str) -> None:
+    """Point the predictor template at a version's artefact."""
+    target = container(isvc)
+    _set_env(target, STORAGE_URI_ENV, storage_uri)
+    _set_env(target, MODEL_VERSION_ENV, version)
+
+
+def step_percent(isvc: dict[str, Any]) -> str:
+    """The overlay's canary step (annotation), as written."""
+    return isvc.get("metadata", {}).get("annotations", {}).get(STEP_ANNOTATION, "10")
+
+
+def spec_only(isvc: dict[str, Any]) -> dict[str, Any]:
+    """What we write: the object without its status (the controller owns status)."""
+    return {k: v for k, v in isvc.items() if k != "status"}
