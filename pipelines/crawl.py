@@ -528,5 +528,7 @@ def main(
     typer.echo(result.summary())
 
 
-if __name__ == "__main__":
-    app()
+if __name__ == "__main__":  # run the imported module, so loggers and classes keep their names
+    from pipelines.crawl import app as _app
+
+    _app()

@@ -337,5 +337,7 @@ def main(
     print_table(results, settings.k)
 
 
-if __name__ == "__main__":
-    app()
+if __name__ == "__main__":  # run the imported module, so loggers and classes keep their names
+    from pipelines.evaluate import app as _app
+
+    _app()

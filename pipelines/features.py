@@ -585,5 +585,7 @@ def main(argv: list[str] | None = None) -> None:
     app(args=args, prog_name="python -m pipelines.features")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # run the imported module, so loggers and classes keep their names
+    from pipelines.features import main as _main
+
+    _main()

@@ -44,7 +44,14 @@ _CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIME
 
 
 def connect(tracking_uri: str, retries: int = 3) -> Any:
-    """An `MlflowClient` for a server that answered ``/health`` (bounded retries, then exit 8)."""
+    """An `MlflowClient` for a server that answered ``/health`` (bounded retries, then exit 8).
+
+    A ``sqlite:`` store (no server; what the fast tests use) is opened directly.
+    """
+    if tracking_uri.startswith("sqlite:"):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     if not tracking_uri.startswith(("http://", "https://")):
         raise ConfigError(f"MLFLOW_TRACKING_URI must be an MLflow server URL, got {tracking_uri!r}")
     for key, value in _CLIENT_ENV.items():

@@ -30,6 +30,33 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = "movie-recommender"
 
 
+@pytest.fixture(scope="module")
+def versions(stack: Session) -> dict[str, str]:
+    """Crawl, build features and train twice (same recipe): versions "first" and "second".
+
+    Each test that needs them asks for this fixture, so any test runs alone (``-k``) or in any
+    order; the training output is kept for the tests that check what training printed.
+    """
+    if "first" not in stack.versions:
+        stack.run("pipelines.crawl", "--start-page", "1", "--end-page", "20")
+        stack.run("pipelines.features", "build", "--users", "600", "--seed", "5")
+        for name in ("first", "second"):
+            proc = stack.run("pipelines.train")
+            stack.versions[name] = registered_version(proc.stdout)
+            stack.outputs[name] = proc.stdout
+    return stack.versions
+
+
+def serve_only(stack: Session, version: str) -> None:
+    """Start from a known state: ``version`` rolled out at 100 % (and champion)."""
+    stack.run("pipelines.rollout", "canary", "--version", version, "--percent", "100")
+    assert served_versions(stack, 10) == {version}
+
+
+def served_versions(stack: Session, n: int) -> set[str]:
+    return {stack.predict([{"user_id": 1}]).headers["X-Model-Version"] for _ in range(n)}
+
+
 def test_only_loopback_listens(stack: Session) -> None:
     import psutil
 
@@ -49,12 +76,11 @@ def test_before_any_rollout_predict_says_what_to_do(stack: Session) -> None:
     assert "pipelines.rollout canary" in response.json()["error"]
 
 
-def test_crawl_features_train_registers_the_first_version_as_champion(stack: Session) -> None:
-    stack.run("pipelines.crawl", "--start-page", "1", "--end-page", "20")
-    stack.run("pipelines.features", "build", "--users", "600", "--seed", "5")
-    proc = stack.run("pipelines.train")
-    version = registered_version(proc.stdout)
-    stack.versions["first"] = version
+def test_crawl_features_train_registers_the_first_version_as_champion(
+    stack: Session, versions: dict[str, str]
+) -> None:
+    version = versions["first"]
+    assert "aliases: challenger, champion" in stack.outputs["first"]
 
     from mlflow import MlflowClient
 
@@ -63,7 +89,6 @@ def test_crawl_features_train_registers_the_first_version_as_champion(stack: Ses
     assert mv.tags["quality_gate"] == "passed"
     assert mv.tags["model_type"] == "ease"
     assert float(mv.tags["ndcg_at_10"]) > 1.5 * float(mv.tags["baseline_ndcg_at_10"])
-    assert set(client.get_registered_model(MODEL).aliases) == {"champion", "challenger"}
     run = client.get_run(mv.run_id)
     features_version = (stack.data_dir / "features" / "latest").read_text().strip()
     assert run.data.tags["features_version"] == features_version
@@ -74,9 +99,11 @@ def test_crawl_features_train_registers_the_first_version_as_champion(stack: Ses
     assert {"recommender.json", "arrays.npz", "checksums.json"} <= kserve_files
 
 
-def test_first_rollout_serves_the_version_with_its_name_on_every_response(stack: Session) -> None:
-    version = stack.versions["first"]
-    proc = stack.run("pipelines.rollout", "canary", "--version", version)
+def test_a_full_rollout_serves_the_version_with_its_name_on_every_response(
+    stack: Session, versions: dict[str, str]
+) -> None:
+    version = versions["first"]
+    proc = stack.run("pipelines.rollout", "canary", "--version", version, "--percent", "100")
     assert "100%" in proc.stdout
     response = stack.predict([{"user_id": 1, "k": 5}, {"history": [], "k": 3}])
     assert response.status_code == 400  # an empty history is no input: a clear 4xx
@@ -96,10 +123,13 @@ def _server_rankings(stack: Session, instances: list[dict[str, object]]) -> list
     return [p["content_ids"] for p in response.json()["predictions"]]
 
 
-def test_mlflow_pyfunc_and_kserve_predictor_return_the_same_ranking(stack: Session) -> None:
+def test_mlflow_pyfunc_and_kserve_predictor_return_the_same_ranking(
+    stack: Session, versions: dict[str, str]
+) -> None:
     import mlflow.pyfunc
 
-    version = stack.versions["first"]
+    version = versions["first"]
+    serve_only(stack, version)
     interactions = pd.read_parquet(
         stack.data_dir
         / "features"
@@ -147,38 +177,51 @@ def test_mlflow_pyfunc_and_kserve_predictor_return_the_same_ranking(stack: Sessi
         stop_group(proc.pid)
 
 
-def test_a_worse_model_is_registered_but_fails_the_quality_gate(stack: Session) -> None:
+def test_a_worse_model_is_registered_but_fails_the_quality_gate(
+    stack: Session, versions: dict[str, str]
+) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=stack.settings.mlflow_url)
+    champion = client.get_model_version_by_alias(MODEL, "champion").version
     proc = stack.run("pipelines.train", "--model", "popularity", check=False)
     assert proc.returncode == 9, proc.stderr
     assert "failed the quality gate" in proc.stderr
     assert "FAIL" in proc.stderr
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=stack.settings.mlflow_url)
-    versions = client.search_model_versions(f"name='{MODEL}'")
-    failed = max(versions, key=lambda v: int(v.version))
+    registered = client.search_model_versions(f"name='{MODEL}'")
+    failed = max(registered, key=lambda v: int(v.version))
     assert failed.tags["quality_gate"] == "failed"
     assert failed.aliases == []
-    assert client.get_model_version_by_alias(MODEL, "champion").version == stack.versions["first"]
+    assert client.get_model_version_by_alias(MODEL, "champion").version == champion
+    refused = stack.run("pipelines.rollout", "canary", "--version", failed.version, check=False)
+    assert refused.returncode == 10, refused.stderr
+    assert "failed its quality gate" in refused.stderr and "--force" in refused.stderr
+    for bad in ("abc", "-1", "0"):
+        usage = stack.run("pipelines.rollout", "canary", "--version", bad, check=False)
+        assert usage.returncode == 2, (bad, usage.stderr)
+        assert "--version must be a registered version number" in usage.stderr
 
 
-def test_same_recipe_same_snapshot_same_metrics_and_it_becomes_challenger(stack: Session) -> None:
-    proc = stack.run("pipelines.train")
-    version = registered_version(proc.stdout)
-    stack.versions["second"] = version
+def test_same_recipe_same_snapshot_same_metrics_and_it_becomes_challenger(
+    stack: Session, versions: dict[str, str]
+) -> None:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=stack.settings.mlflow_url)
-    first = client.get_model_version(MODEL, stack.versions["first"]).tags
-    second = client.get_model_version(MODEL, version).tags
+    first = client.get_model_version(MODEL, versions["first"]).tags
+    second = client.get_model_version(MODEL, versions["second"]).tags
     for metric in ("ndcg_at_10", "precision_at_10", "recall_at_10", "map_at_10", "coverage"):
         assert second[metric] == first[metric], metric
-    assert client.get_model_version_by_alias(MODEL, "challenger").version == version
-    assert client.get_model_version_by_alias(MODEL, "champion").version == stack.versions["first"]
+    # the second version passed the gate against the first: challenger only
+    assert "aliases: challenger\n" in stack.outputs["second"]
+    assert "(its logged metric (same split))" in stack.outputs["second"]
 
 
-def test_canary_splits_traffic_by_percent_and_tags_pin_revisions(stack: Session) -> None:
-    first, second = stack.versions["first"], stack.versions["second"]
+def test_canary_splits_traffic_by_percent_and_tags_pin_revisions(
+    stack: Session, versions: dict[str, str]
+) -> None:
+    first, second = versions["first"], versions["second"]
+    serve_only(stack, first)
     stack.run("pipelines.rollout", "canary", "--version", second, "--percent", "30")
     served: Counter[str] = Counter()
     with requests.Session() as session:
@@ -204,8 +247,12 @@ def test_canary_splits_traffic_by_percent_and_tags_pin_revisions(stack: Session)
         assert response.headers["X-Model-Version"] == expected, host
 
 
-def test_promote_gives_the_canary_everything_and_moves_champion(stack: Session) -> None:
-    second = stack.versions["second"]
+def test_promote_gives_the_canary_everything_and_moves_champion(
+    stack: Session, versions: dict[str, str]
+) -> None:
+    first, second = versions["first"], versions["second"]
+    serve_only(stack, first)
+    stack.run("pipelines.rollout", "canary", "--version", second, "--percent", "30")
     stack.run("pipelines.rollout", "promote")
     versions = {stack.predict([{"user_id": 1}]).headers["X-Model-Version"] for _ in range(40)}
     assert versions == {second}
@@ -213,38 +260,48 @@ def test_promote_gives_the_canary_everything_and_moves_champion(stack: Session) 
 
     client = MlflowClient(tracking_uri=stack.settings.mlflow_url)
     assert client.get_model_version_by_alias(MODEL, "champion").version == second
+    # a promoted version is no longer a challenger: champion and challenger never share a version
+    assert client.get_model_version(MODEL, second).aliases == ["champion"]
 
 
-def test_rollback_after_promote_serves_and_crowns_the_previous_version(stack: Session) -> None:
+def test_rollback_after_promote_serves_and_crowns_the_previous_version(
+    stack: Session, versions: dict[str, str]
+) -> None:
     from mlflow import MlflowClient
 
+    first, second = versions["first"], versions["second"]
+    serve_only(stack, first)
+    stack.run("pipelines.rollout", "canary", "--version", second, "--percent", "100")
     client = MlflowClient(tracking_uri=stack.settings.mlflow_url)
-    assert client.get_model_version_by_alias(MODEL, "previous").version == stack.versions["first"]
+    assert client.get_model_version_by_alias(MODEL, "previous").version == first
     stack.run("pipelines.rollout", "rollback")
-    versions = {stack.predict([{"user_id": 1}]).headers["X-Model-Version"] for _ in range(40)}
-    assert versions == {stack.versions["first"]}
-    assert client.get_model_version_by_alias(MODEL, "champion").version == stack.versions["first"]
+    assert served_versions(stack, 40) == {first}
+    assert client.get_model_version_by_alias(MODEL, "champion").version == first
     nothing_left = stack.run("pipelines.rollout", "rollback", check=False)
     assert nothing_left.returncode == 10
     assert "nothing to roll back to" in nothing_left.stderr
 
 
-def test_rollback_during_a_canary_pins_traffic_at_once(stack: Session) -> None:
-    second = stack.versions["second"]
+def test_rollback_during_a_canary_pins_traffic_at_once(
+    stack: Session, versions: dict[str, str]
+) -> None:
+    first, second = versions["first"], versions["second"]
+    serve_only(stack, first)
     stack.run("pipelines.rollout", "canary", "--version", second, "--percent", "50")
-    seen = {stack.predict([{"user_id": 1}]).headers["X-Model-Version"] for _ in range(60)}
-    assert seen == {stack.versions["first"], second}
+    assert served_versions(stack, 60) == {first, second}
     stack.run("pipelines.rollout", "rollback")
-    versions = {stack.predict([{"user_id": 1}]).headers["X-Model-Version"] for _ in range(40)}
-    assert versions == {stack.versions["first"]}
+    assert served_versions(stack, 40) == {first}
     refused = stack.run("pipelines.rollout", "promote", check=False)
     assert refused.returncode == 10
     assert "rolled back" in refused.stderr
 
 
-def test_a_version_whose_artefact_is_corrupt_never_gets_traffic(stack: Session) -> None:
+def test_a_version_whose_artefact_is_corrupt_never_gets_traffic(
+    stack: Session, versions: dict[str, str]
+) -> None:
     from mlflow import MlflowClient
 
+    serve_only(stack, versions["first"])
     version = registered_version(stack.run("pipelines.train").stdout)
     client = MlflowClient(tracking_uri=stack.settings.mlflow_url)
     run = client.get_run(client.get_model_version(MODEL, version).run_id)
@@ -257,9 +314,8 @@ def test_a_version_whose_artefact_is_corrupt_never_gets_traffic(stack: Session) 
                      check=False, timeout=180)  # fmt: skip
     assert proc.returncode == 10, proc.stderr
     assert "the new revision failed" in proc.stderr
-    # traffic stays where the rollback left it
-    versions = {stack.predict([{"user_id": 1}]).headers["X-Model-Version"] for _ in range(30)}
-    assert versions == {stack.versions["first"]}
+    # traffic stays on the stable version
+    assert served_versions(stack, 30) == {versions["first"]}
 
 
 def test_training_against_an_unreachable_mlflow_fails_fast_and_registers_nothing(
@@ -278,7 +334,7 @@ def test_training_against_an_unreachable_mlflow_fails_fast_and_registers_nothing
 
 
 def test_training_on_a_missing_or_unusable_snapshot_registers_nothing(
-    stack: Session, tmp_path: Path
+    stack: Session, versions: dict[str, str], tmp_path: Path
 ) -> None:
     from mlflow import MlflowClient
 

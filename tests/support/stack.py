@@ -25,6 +25,7 @@ class Session:
     data_dir: Path
     env: dict[str, str]
     versions: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)  # stdout of named runs
 
     @property
     def predict_url(self) -> str:

@@ -1,0 +1,189 @@
+"""Canary, promote, rollback and the quality gate, fast: a real MLflow registry on a sqlite file
+(no server) and an InferenceService reconciled in memory with KServe's traffic rules.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from contracts.names import CHALLENGER, CHAMPION, PREVIOUS
+from pipelines import registry
+from pipelines.errors import ConfigError, RolloutError
+from pipelines.rollout import RolloutSettings, canary, promote, rollback
+from tests.support.inmemory import InMemoryBackend
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def experiment(tracking_uri: str) -> str:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    # the artefact root a `mlflow server --serve-artifacts` gives runs
+    return client.create_experiment("rollout-tests", artifact_location="mlflow-artifacts:/7")
+
+
+class Registry:
+    """One registered model of the sqlite store, for one test."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        self.client = registry.connect(uri)
+        self.experiment = experiment
+        self.name = f"model-{next(_names)}"
+        self.client.create_registered_model(self.name)
+
+    def register(self, gate: str = "passed", **tags: str) -> str:
+        run = self.client.create_run(self.experiment)
+        mv = self.client.create_model_version(
+            self.name,
+            f"runs:/{run.info.run_id}/model",
+            run_id=run.info.run_id,
+            tags={"quality_gate": gate, **tags},
+        )
+        if gate == "passed":
+            self.client.set_registered_model_alias(self.name, CHALLENGER, mv.version)
+        return str(mv.version)
+
+    def alias(self, alias: str) -> str | None:
+        return registry.alias_version(self.client, self.name, alias)
+
+    def aliases(self, version: str) -> list[str]:
+        return sorted(self.client.get_model_version(self.name, version).aliases)
+
+
+@pytest.fixture
+def reg(tracking_uri: str, experiment: str) -> Registry:
+    return Registry(tracking_uri, experiment)
+
+
+@pytest.fixture
+def settings(reg: Registry, tracking_uri: str, tmp_path: Path) -> RolloutSettings:
+    return RolloutSettings(
+        model_name=reg.name, tracking_uri=tracking_uri, local_root=tmp_path, timeout=5
+    )
+
+
+@pytest.fixture
+def backend() -> Iterator[InMemoryBackend]:
+    return InMemoryBackend()
+
+
+def test_the_first_rollout_takes_all_traffic_and_becomes_champion(reg, settings, backend) -> None:
+    v1 = reg.register()
+    canary(settings, backend, v1, percent=10)  # nothing rolled out yet: KServe ignores the share
+    assert backend.served() == {v1: 100}
+    assert reg.alias(CHAMPION) == v1
+    assert reg.aliases(v1) == [CHAMPION]  # promoted: no longer a challenger
+
+
+def test_canary_promote_and_rollback_move_traffic_and_aliases_together(
+    reg, settings, backend
+) -> None:
+    v1, v2 = reg.register(), reg.register()
+    canary(settings, backend, v1)
+    canary(settings, backend, v2)  # the local step: 50 %
+    assert backend.served() == {v1: 50, v2: 50}
+    assert reg.alias(CHAMPION) == v1 and reg.alias(CHALLENGER) == v2
+
+    promote(settings, backend)
+    assert backend.served() == {v2: 100}
+    assert (reg.alias(CHAMPION), reg.alias(PREVIOUS), reg.alias(CHALLENGER)) == (v2, v1, None)
+
+    rollback(settings, backend)  # after a promote: back to `previous`
+    assert backend.served() == {v1: 100}
+    assert (reg.alias(CHAMPION), reg.alias(PREVIOUS)) == (v1, None)
+    with pytest.raises(RolloutError, match="nothing to roll back to"):
+        rollback(settings, backend)
+
+
+def test_rollback_during_a_canary_pins_the_stable_revision(reg, settings, backend) -> None:
+    v1, v2 = reg.register(), reg.register()
+    canary(settings, backend, v1)
+    canary(settings, backend, v2, percent=30)
+    assert backend.served() == {v1: 70, v2: 30}
+    rollback(settings, backend)
+    assert backend.served() == {v1: 100}
+    assert reg.alias(CHAMPION) == v1
+    with pytest.raises(RolloutError, match="rolled back"):
+        promote(settings, backend)
+
+
+def test_a_version_that_failed_its_gate_is_refused_unless_forced(reg, settings, backend) -> None:
+    v1 = reg.register()
+    bad = reg.register(gate="failed", quality_gate_detail="NDCG@10: new 0.01 vs 0.19 -> FAIL")
+    canary(settings, backend, v1)
+    writes = backend.writes
+    with pytest.raises(RolloutError, match=r"failed its quality gate .*NDCG@10.*--force"):
+        canary(settings, backend, bad)
+    assert backend.writes == writes  # nothing was written
+    canary(settings, backend, bad, force=True)
+    assert backend.served() == {v1: 50, bad: 50}
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "0", "1.5", ""])
+def test_a_version_that_is_not_a_number_is_a_usage_error(value, settings, backend) -> None:
+    with pytest.raises(ConfigError, match="--version must be a registered version number"):
+        canary(settings, backend, value)
+    assert backend.isvc is None
+
+
+def test_a_version_that_does_not_exist_is_named(reg, settings, backend) -> None:
+    from pipelines.errors import TrackingRejectedError
+
+    with pytest.raises(TrackingRejectedError, match="version 999"):
+        canary(settings, backend, "999")
+    assert backend.isvc is None
+
+
+def test_a_revision_that_never_becomes_ready_fails_the_step(reg, settings) -> None:
+    v1, v2 = reg.register(), reg.register()
+    backend = InMemoryBackend()
+    canary(settings, backend, v1)
+    run_id = reg.client.get_model_version(reg.name, v2).run_id
+    backend.failing = {f"pvc://mlflow-artifacts/7/{run_id}/artifacts/kserve"}  # v2's artefact
+    with pytest.raises(RolloutError, match="revision failed"):
+        canary(settings, backend, v2)
+    assert backend.served() == {v1: 100}
+    assert reg.alias(CHAMPION) == v1
+
+
+# -- the gate ----------------------------------------------------------------------------------
+
+
+class _Champion:
+    def __init__(self, version: str, tags: dict[str, Any]) -> None:
+        self.version, self.tags, self.run_id = version, tags, None
+
+
+def _gate(champion: Any, ndcg: float, tolerance: float = 0.02) -> registry.GateResult:
+    empty = pd.DataFrame()
+    return registry.quality_gate(
+        None, champion, ndcg, split_key="fs-1:time:0", train=empty, test=empty,
+        catalog=empty, k=10, tolerance=tolerance,
+    )  # fmt: skip
+
+
+def test_the_gate_passes_the_first_version() -> None:
+    result = _gate(None, 0.01)
+    assert result.passed and "first version" in result.detail
+
+
+def test_the_gate_compares_with_the_champion_on_the_same_split() -> None:
+    champion = _Champion("3", {"split_key": "fs-1:time:0", "ndcg_at_10": "0.2000"})
+    assert _gate(champion, 0.1961).passed  # within 2 %
+    failed = _gate(champion, 0.1959)
+    assert not failed.passed
+    assert "new 0.1959 vs champion v3 0.2000 (its logged metric (same split))" in failed.detail
+    assert "floor 0.1960" in failed.detail and failed.detail.endswith("FAIL")
