@@ -94,3 +94,13 @@ class StackLayout:
     def status_file(self) -> Path:
         """Its status, as the local controller observes it (KServe's shape)."""
         return self.stack / "status.json"
+
+    @property
+    def controller_file(self) -> Path:
+        """The local controller's own record: revisions and which one is rolled out."""
+        return self.stack / "controller.json"
+
+    @property
+    def rollout_lock(self) -> Path:
+        """Held by a rollout command for its whole read-modify-write-wait."""
+        return self.stack / "rollout.lock"

@@ -1,17 +1,27 @@
-"""Local twin of KServe's controller: the InferenceService document → revisions and traffic.
+"""Local twin of KServe's controller (and of the kubelet that keeps its pods alive).
 
-It **reconciles** the local InferenceService (``.local/stack/inferenceservice.json``, the same
-document ``pipelines.rollout`` patches in the cluster) into model-server *revisions*: every change
-of the predictor template starts a new revision (``python -m model_server`` on a free loopback
-port, its artefact taken from ``STORAGE_URI`` — ``pvc://mlflow-artifacts/<path>`` maps to the
-local MLflow artefact store, the way KServe's storage initializer mounts the PVC).
+Declarative, durable and self-healing, as the cluster is:
 
-It **splits traffic** the way KServe drives Knative: with ``canaryTrafficPercent: p`` the latest
-ready revision gets p % and the last rolled-out revision the rest; without it (or at 100) the
-latest revision is rolled out and gets everything; ``0`` pins everything to the previous one. A
-revision that fails to become ready never gets traffic. Status is written to
-``.local/stack/status.json`` in KServe's shape (``latestRolledoutRevision``, ``traffic`` …).
-`localstack.ingress` routes requests by the `Routing` it computes.
+* **desired state** is the local InferenceService (``.local/stack/inferenceservice.json``, the
+  document ``pipelines.rollout`` writes in the cluster's shape); every change of the predictor
+  template creates a new *revision* (``python -m model_server`` on a free loopback port, its
+  artefact taken from ``STORAGE_URI`` — ``pvc://mlflow-artifacts/<path>`` maps to the local
+  MLflow artefact store, the way KServe's storage initializer mounts the PVC);
+* **the controller's own record** (``controller.json``: every revision, which one is rolled out)
+  survives a restart: after ``make down && make up`` or a ``kill -9`` the same revisions come
+  back and traffic is what it was;
+* **traffic** follows KServe's rules (``ksvc_reconciler.go``): with ``canaryTrafficPercent: p``
+  the latest ready revision gets p % and the last rolled-out revision the rest; without it (or
+  at 100) the latest ready revision gets everything and becomes the rolled-out one;
+* **supervision**, the kubelet's part: every revision that carries traffic is watched (process
+  alive, readiness probe every tick); a dead one is restarted with exponential backoff and is
+  reported not ready meanwhile; a revision that never became ready and exits is Failed and never
+  gets traffic. Requests go only to revisions that are ready now: while the canary is down the
+  stable revision takes its share, and the other way round;
+* **revisions die with the controller** (``PR_SET_PDEATHSIG``), so a killed ingress leaves no
+  orphan; the next controller starts them again from its record;
+* **status** (``status.json``) is observed, never remembered: it is rewritten every tick with
+  the time and the controller's pid, so a reader can tell a live stack from a stale file.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import random
 import sys
 import time
@@ -45,58 +56,89 @@ from localstack.processes import free_port, spawn, stop_group
 
 log = logging.getLogger(__name__)
 
-_RECONCILE_SECONDS = 0.5
-_READY_TIMEOUT = 120.0
+RECONCILE_SECONDS = 0.5
+READY_TIMEOUT = 120.0  # a revision not ready by then is Failed (Knative's progress deadline)
+PROBE_FAILURES = 2  # consecutive failed probes before a ready revision counts as not ready
+RECOVER_SECONDS = 30.0  # a revision that served before and is not ready again by then restarts
+BACKOFF_START, BACKOFF_MAX = 1.0, 30.0  # restart backoff, doubling (the kubelet's CrashLoop)
+_STATE_VERSION = 1
 
 
 class RevisionState(StrEnum):
-    STARTING = "Starting"
+    STARTING = "Starting"  # process started, not ready yet
     READY = "Ready"
-    FAILED = "Failed"
-    STOPPED = "Stopped"
+    UNREADY = "Unready"  # was ready; the process died or stopped answering: restarting
+    FAILED = "Failed"  # never became ready: gets no traffic, is not restarted
+    STOPPED = "Stopped"  # carries no traffic: not running (Knative scales it to zero)
 
 
 @dataclass
 class Revision:
-    """One immutable predictor revision and the process serving it."""
+    """One immutable predictor revision and the process serving it now (if any)."""
 
     name: str
     template_hash: str
     model_name: str
     model_version: str | None
     storage_uri: str
-    port: int
-    started_at: float
+    ever_ready: bool = False  # Knative's "latest ready" is sticky: pods restart, it stays
+    state: RevisionState = RevisionState.STOPPED
+    message: str = ""
+    restarts: int = 0
+    port: int | None = None
     pid: int | None = None
     process: Any = None
-    state: RevisionState = RevisionState.STARTING
-    message: str = ""
+    started_at: float = 0.0
+    next_start: float = 0.0
+    backoff: float = BACKOFF_START
+    probe_failures: int = 0
     log_file: Path | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def ready(self) -> bool:
+        return self.state is RevisionState.READY
+
+    def record(self) -> dict[str, Any]:
+        """What survives a restart of the controller."""
+        return {
+            "name": self.name,
+            "template_hash": self.template_hash,
+            "model_version": self.model_version,
+            "storage_uri": self.storage_uri,
+            "ever_ready": self.ever_ready,
+            "failed": self.state is RevisionState.FAILED,
+            "message": self.message if self.state is RevisionState.FAILED else "",
+            "pid": self.pid,
+        }
+
 
 @dataclass
 class Routing:
-    """Traffic as the controller last computed it."""
+    """Where requests go now: the traffic split restricted to revisions that are ready."""
 
     traffic: list[tuple[Revision, int]] = field(default_factory=list)
     tags: dict[str, Revision] = field(default_factory=dict)
 
-    def choose(self, host: str) -> Revision | None:
+    def choose(self, host: str, exclude: set[str] | None = None) -> Revision | None:
+        exclude = exclude or set()
         for tag, revision in self.tags.items():
-            if host.startswith(f"{tag}-"):
+            if host.startswith(f"{tag}-") and revision.ready and revision.name not in exclude:
                 return revision
-        live = [(rev, pct) for rev, pct in self.traffic if pct > 0]
+        live = [(r, p) for r, p in self.traffic if p > 0 and r.ready and r.name not in exclude]
+        if not live:
+            # a revision with 0 % that is ready still beats a 503 (e.g. the stable one is down)
+            live = [(r, 1) for r, _ in self.traffic if r.ready and r.name not in exclude]
         if not live:
             return None
-        pick = random.uniform(0, sum(pct for _, pct in live))
-        for rev, pct in live:
-            pick -= pct
+        pick = random.uniform(0, sum(p for _, p in live))
+        for revision, percent in live:
+            pick -= percent
             if pick <= 0:
-                return rev
+                return revision
         return live[-1][0]
 
 
@@ -110,8 +152,15 @@ def template_hash(predictor: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _is_model_server(pid: int) -> bool:
+    try:
+        return b"model_server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 class Controller:
-    """Reconciles the local InferenceService into revisions and traffic."""
+    """Reconciles the local InferenceService into supervised revisions and traffic."""
 
     def __init__(self, root: Path, mlflow_url: str) -> None:
         self.root = root
@@ -126,8 +175,62 @@ class Controller:
         self.generation_seen = 0
         self.isvc_name = MODEL_NAME
         self._session: aiohttp.ClientSession | None = None
+        self._saved = ""
 
-    # -- reconcile -----------------------------------------------------------------------
+    # -- the controller's record -------------------------------------------------------
+
+    def restore(self) -> None:
+        """Rebuild the revisions and the rolled-out pointer from ``controller.json``.
+
+        A model server of the previous controller that is somehow still alive (it should have
+        died with it) is stopped: this controller starts its own.
+        """
+        path = self.layout.controller_file
+        try:
+            state = json.loads(path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, json.JSONDecodeError) as err:
+            log.error("%s is unreadable (%s); starting without it", path, err)
+            return
+        by_name: dict[str, Revision] = {}
+        for item in state.get("revisions", []):
+            revision = Revision(
+                name=item["name"],
+                template_hash=item["template_hash"],
+                model_name=state.get("isvc_name", self.isvc_name),
+                model_version=item.get("model_version"),
+                storage_uri=item.get("storage_uri", ""),
+                ever_ready=bool(item.get("ever_ready")),
+            )
+            if item.get("failed"):
+                revision.state, revision.message = RevisionState.FAILED, item.get("message", "")
+            pid = item.get("pid")
+            if isinstance(pid, int) and pid_alive(pid) and _is_model_server(pid):
+                log.warning("stopping leftover model server pid %d of %s", pid, revision.name)
+                stop_group(pid, timeout=5.0)
+            self.revisions.append(revision)
+            by_name[revision.name] = revision
+        self.isvc_name = state.get("isvc_name", self.isvc_name)
+        self.rolled_out = by_name.get(state.get("rolled_out") or "")
+        self.previous = by_name.get(state.get("previous") or "")
+        log.info("restored %d revision(s); rolled out: %s", len(self.revisions),
+                 self.rolled_out.name if self.rolled_out else "none")  # fmt: skip
+
+    def _save(self) -> None:
+        state = {
+            "version": _STATE_VERSION,
+            "isvc_name": self.isvc_name,
+            "revisions": [r.record() for r in self.revisions],
+            "rolled_out": self.rolled_out.name if self.rolled_out else None,
+            "previous": self.previous.name if self.previous else None,
+        }
+        text = json.dumps(state, sort_keys=True)
+        if text != self._saved:
+            atomic_write_json(self.layout.controller_file, state)
+            self._saved = text
+
+    # -- desired state -----------------------------------------------------------------
 
     def _read_spec(self) -> dict[str, Any] | None:
         path = self.layout.isvc_file
@@ -139,33 +242,29 @@ class Controller:
             log.error("%s is not valid JSON: %s", path, err)
             return None
 
-    def _model_dir(self, storage_uri: str) -> Path:
-        return local_model_dir(storage_uri, self.artifacts_dir)
-
-    def _start_revision(self, predictor: dict[str, Any], digest: str) -> Revision:
-        number = len(self.revisions) + 1
-        name = f"{self.isvc_name}-predictor-{number:05d}"
-        container = (predictor.get("containers") or [{}])[0]
-        env = container_env(container)
-        storage_uri = env.get(STORAGE_URI_ENV, "")
-        revision = Revision(
-            name=name,
+    def _new_revision(self, predictor: dict[str, Any], digest: str) -> Revision:
+        env = container_env((predictor.get("containers") or [{}])[0])
+        return Revision(
+            name=f"{self.isvc_name}-predictor-{len(self.revisions) + 1:05d}",
             template_hash=digest,
             model_name=self.isvc_name,
             model_version=env.get(MODEL_VERSION_ENV),
-            storage_uri=storage_uri,
-            port=free_port(),
-            started_at=time.monotonic(),
+            storage_uri=env.get(STORAGE_URI_ENV, ""),
         )
-        revision.log_file = self.layout.logs / "revisions" / f"{name}.log"
+
+    # -- supervision (the kubelet's part) ----------------------------------------------
+
+    def _start(self, revision: Revision) -> None:
         try:
-            model_dir = self._model_dir(storage_uri)
+            model_dir = local_model_dir(revision.storage_uri, self.artifacts_dir)
         except ValueError as err:
             revision.state, revision.message = RevisionState.FAILED, str(err)
-            return revision
+            return
+        revision.port = free_port()
+        revision.log_file = self.layout.logs / "revisions" / f"{revision.name}.log"
         argv = [
             sys.executable, "-m", "model_server",
-            "--model_name", self.isvc_name,
+            "--model_name", revision.model_name,
             "--model_dir", str(model_dir),
             "--http_port", str(revision.port),
         ]  # fmt: skip
@@ -173,38 +272,15 @@ class Controller:
             MODEL_VERSION_ENV: revision.model_version or "",
             MLFLOW_TRACKING_URI.name: self.mlflow_url,
         }
-        revision.process = spawn(argv, log_file=revision.log_file, env=extra)
+        revision.process = spawn(argv, log_file=revision.log_file, env=extra, die_with_parent=True)
         revision.pid = revision.process.pid
-        log.info("revision %s: serving version %s on port %d (pid %d)",
-                 name, revision.model_version, revision.port, revision.pid)  # fmt: skip
-        return revision
-
-    async def _probe(self, revision: Revision) -> None:
-        if revision.state is not RevisionState.STARTING:
-            return
-        if revision.process is not None and revision.process.poll() is not None:
-            revision.state = RevisionState.FAILED
-            revision.message = (
-                f"model server exited with {revision.process.returncode}; see {revision.log_file}"
-            )
-            log.error("revision %s failed: %s", revision.name, revision.message)
-            return
-        if time.monotonic() - revision.started_at > _READY_TIMEOUT:
-            self._stop(revision)
-            revision.state = RevisionState.FAILED
-            revision.message = f"not ready after {_READY_TIMEOUT:.0f} s; see {revision.log_file}"
-            return
-        if self._session is None:  # not running yet: nothing to probe with
-            return
-        try:
-            url = f"{revision.url}/v1/models/{revision.model_name}"
-            async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as resp:
-                body = await resp.json(content_type=None)
-                if resp.status == 200 and body.get("ready"):
-                    revision.state = RevisionState.READY
-                    log.info("revision %s is ready", revision.name)
-        except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError, AttributeError):
-            pass
+        revision.started_at = time.monotonic()
+        revision.probe_failures = 0
+        if revision.state is not RevisionState.UNREADY:
+            revision.state = RevisionState.STARTING
+        log.info("revision %s: serving version %s on port %d (pid %d)%s",
+                 revision.name, revision.model_version, revision.port, revision.pid,
+                 f", restart {revision.restarts}" if revision.restarts else "")  # fmt: skip
 
     def _stop(self, revision: Revision) -> None:
         if revision.pid is not None and pid_alive(revision.pid):
@@ -212,13 +288,131 @@ class Controller:
         if revision.process is not None:
             with contextlib.suppress(Exception):
                 revision.process.wait(timeout=1)
-        if revision.state in (RevisionState.STARTING, RevisionState.READY):
+        revision.process, revision.pid = None, None
+        if revision.state is not RevisionState.FAILED:
             revision.state = RevisionState.STOPPED
+
+    def _exited(self, revision: Revision) -> bool:
+        if revision.process is not None:
+            return revision.process.poll() is not None
+        return revision.pid is None or not pid_alive(revision.pid)
+
+    def _crashed(self, revision: Revision, why: str) -> None:
+        """A revision that served before went away: not ready now, restart after a backoff."""
+        code = revision.process.returncode if revision.process is not None else None
+        revision.process, revision.pid = None, None
+        revision.state = RevisionState.UNREADY
+        revision.restarts += 1
+        revision.next_start = time.monotonic() + revision.backoff
+        revision.message = (
+            f"{why}{'' if code is None else f' (exit {code})'}; restart {revision.restarts} "
+            f"in {revision.backoff:.0f} s; see {revision.log_file}"
+        )
+        log.error("revision %s: %s", revision.name, revision.message)
+        revision.backoff = min(revision.backoff * 2, BACKOFF_MAX)
+
+    async def _supervise(self, revision: Revision) -> None:
+        """Keep a revision that should run running and its readiness observed."""
+        if revision.state is RevisionState.FAILED:
+            return
+        now = time.monotonic()
+        if revision.process is None and revision.pid is None:
+            if revision.state is RevisionState.UNREADY and now < revision.next_start:
+                return  # in backoff
+            self._start(revision)
+            return
+        if self._exited(revision):
+            if revision.ever_ready:
+                self._crashed(revision, "model server exited")
+            else:
+                code = revision.process.returncode if revision.process is not None else None
+                revision.state = RevisionState.FAILED
+                revision.message = (
+                    f"model server exited with {code} before it was ready; see {revision.log_file}"
+                )
+                revision.process, revision.pid = None, None
+                log.error("revision %s failed: %s", revision.name, revision.message)
+            return
+        ready = await self._probe(revision)
+        if ready:
+            if not revision.ready:
+                log.info("revision %s is ready", revision.name)
+            revision.state, revision.message = RevisionState.READY, ""
+            revision.ever_ready, revision.probe_failures = True, 0
+            revision.backoff = BACKOFF_START
+            return
+        if revision.ever_ready:
+            revision.probe_failures += 1
+            if revision.ready and revision.probe_failures >= PROBE_FAILURES:
+                revision.state = RevisionState.UNREADY  # routed around from now on
+                revision.message = "readiness probe failing"
+                log.warning("revision %s: %s", revision.name, revision.message)
+            elif revision.probe_failures * RECONCILE_SECONDS >= RECOVER_SECONDS:
+                self._stop(revision)
+                self._crashed(revision, f"not ready for {RECOVER_SECONDS:.0f} s")
+            return
+        if now - revision.started_at > READY_TIMEOUT:
+            self._stop(revision)
+            revision.state = RevisionState.FAILED
+            revision.message = f"not ready after {READY_TIMEOUT:.0f} s; see {revision.log_file}"
+
+    async def _probe(self, revision: Revision) -> bool:
+        if self._session is None or revision.port is None:
+            return False
+        url = f"{revision.url}/v1/models/{revision.model_name}"
+        try:
+            async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as resp:
+                body = await resp.json(content_type=None)
+                return resp.status == 200 and bool(body.get("ready"))
+        except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError, AttributeError):
+            return False
+
+    def mark_unreachable(self, revision: Revision) -> None:
+        """The proxy could not connect to a revision: no requests until a probe says ready."""
+        if revision.ready:
+            revision.state = (
+                RevisionState.UNREADY if self._exited(revision) else RevisionState.STARTING
+            )
+            revision.message = "refused a connection; probing"
+
+    # -- traffic (KServe's rules) ------------------------------------------------------
+
+    def _traffic(self, latest: Revision, percent: Any) -> list[tuple[Revision, int]]:
+        """The split KServe computes: on the latest *ready* revision, rolled-out gets the rest."""
+        candidates = [r for r in self.revisions if r.ever_ready]
+        latest_ready = candidates[-1] if candidates else None
+        if latest_ready is None:
+            return []
+        if self.rolled_out is None or percent is None or int(percent) >= 100:
+            if self.rolled_out is not latest_ready:
+                self.previous, self.rolled_out = self.rolled_out, latest_ready
+            return [(latest_ready, 100)]
+        if latest_ready is self.rolled_out:
+            return [(latest_ready, 100)]
+        return [(self.rolled_out, 100 - int(percent)), (latest_ready, int(percent))]
+
+    def _routing(self, traffic: list[tuple[Revision, int]]) -> Routing:
+        latest = self.revisions[-1] if self.revisions else None
+        tags: dict[str, Revision] = {}
+        if latest is not None:
+            tags["latest"] = latest
+        if self.rolled_out is not None and self.rolled_out is not latest:
+            tags["prev"] = self.rolled_out
+        return Routing(traffic=traffic, tags=tags)
 
     async def reconcile(self) -> None:
         spec = self._read_spec()
         if spec is None:
             self.routing = Routing()
+            self._traffic_now: list[tuple[Revision, int]] = []
+            status = {
+                "observedAt": time.time(),
+                "controller": {"pid": os.getpid()},
+                "conditions": [
+                    {"type": "Ready", "status": "False", "message": "no InferenceService yet"}
+                ],
+            }
+            atomic_write_json(self.layout.status_file, {"status": status})
             return
         self.isvc_name = spec.get("metadata", {}).get("name", self.isvc_name)
         self.generation_seen = int(spec.get("metadata", {}).get("generation", 1))
@@ -226,67 +420,53 @@ class Controller:
         digest = template_hash(predictor)
         latest = self.revisions[-1] if self.revisions else None
         if latest is None or latest.template_hash != digest:
-            latest = self._start_revision(predictor, digest)
+            latest = self._new_revision(predictor, digest)
             self.revisions.append(latest)
-        await asyncio.gather(*(self._probe(r) for r in self.revisions))
-
         percent = predictor.get("canaryTrafficPercent")
-        traffic: list[tuple[Revision, int]] = []
-        if latest.state is RevisionState.READY:
-            if percent == 0 and self.rolled_out is latest and self.previous is not None:
-                # rollback after a promote: the previous rolled-out revision takes over again
-                self.rolled_out, self.previous = self.previous, latest
-            if (
-                self.rolled_out is None
-                or self.rolled_out is latest
-                or percent is None
-                or percent >= 100
-            ):
-                if self.rolled_out is not latest:
-                    self.previous, self.rolled_out = self.rolled_out, latest
-                traffic = [(latest, 100)]
-            else:
-                traffic = [(self.rolled_out, 100 - int(percent)), (latest, int(percent))]
-        elif self.rolled_out is not None:
-            traffic = [(self.rolled_out, 100)]
-        tags = {"latest": latest}
-        if self.rolled_out is not None and self.rolled_out is not latest:
-            tags["prev"] = self.rolled_out
-        elif self.previous is not None:
-            tags["prev"] = self.previous
-        self.routing = Routing(
-            traffic=[(r, p) for r, p in traffic if r.state is RevisionState.READY],
-            tags={t: r for t, r in tags.items() if r.state is RevisionState.READY},
-        )
-        keep = {id(r) for r in (latest, self.rolled_out, self.previous) if r is not None}
+        wanted = {id(latest)}
+        if self.rolled_out is not None:
+            wanted.add(id(self.rolled_out))
+        await asyncio.gather(*(self._supervise(r) for r in self.revisions if id(r) in wanted))
+        traffic = self._traffic(latest, percent)
+        for revision, share in traffic:
+            if id(revision) not in wanted and share > 0:  # newly rolled out this tick
+                wanted.add(id(revision))
         for revision in self.revisions:
-            if id(revision) not in keep and revision.state in (
+            if id(revision) not in wanted and revision.state in (
                 RevisionState.READY,
                 RevisionState.STARTING,
+                RevisionState.UNREADY,
             ):
                 log.info("revision %s no longer routed; stopping it", revision.name)
                 self._stop(revision)
+        self._traffic_now = traffic
+        self.routing = self._routing(traffic)
+        self._save()
         self._write_status(latest, traffic)
 
     def _write_status(self, latest: Revision, traffic: list[tuple[Revision, int]]) -> None:
-        ready = any(p > 0 and r.state is RevisionState.READY for r, p in traffic)
+        routed = [(r, p) for r, p in traffic if p > 0]
+        serving = [r for r, _ in routed if r.ready]
+        ready = bool(routed) and len(serving) == len(routed)
+        if not routed:
+            why = latest.message or f"revision {latest.name} {latest.state.value}"
+        else:
+            down = [r for r, _ in routed if not r.ready]
+            why = "; ".join(f"{r.name} {r.state.value}: {r.message}".rstrip(": ") for r in down)
+        latest_state = {RevisionState.READY: "True", RevisionState.FAILED: "False"}.get(
+            latest.state, "True" if latest.ever_ready else "Unknown"
+        )
         tag_of = {id(r): t for t, r in self.routing.tags.items()}
         status = {
             "observedGeneration": self.generation_seen,
+            "observedAt": time.time(),
+            "controller": {"pid": os.getpid()},
             "url": None,
             "conditions": [
-                {
-                    "type": "Ready",
-                    "status": "True" if ready else "False",
-                    "message": ""
-                    if ready
-                    else (latest.message or f"revision {latest.name} {latest.state.value}"),
-                },
+                {"type": "Ready", "status": "True" if ready else "False", "message": why},
                 {
                     "type": "LatestDeploymentReady",
-                    "status": {"Ready": "True", "Starting": "Unknown"}.get(
-                        latest.state.value, "False"
-                    ),
+                    "status": latest_state,
                     "message": latest.message,
                 },
             ],
@@ -294,12 +474,7 @@ class Controller:
                 "predictor": {
                     "latestCreatedRevision": latest.name,
                     "latestReadyRevision": next(
-                        (
-                            r.name
-                            for r in reversed(self.revisions)
-                            if r.state is RevisionState.READY
-                        ),
-                        None,
+                        (r.name for r in reversed(self.revisions) if r.ever_ready), None
                     ),
                     "latestRolledoutRevision": self.rolled_out.name if self.rolled_out else None,
                     "previousRolledoutRevision": self.previous.name if self.previous else None,
@@ -310,6 +485,7 @@ class Controller:
                             "latestRevision": r is latest,
                             "tag": tag_of.get(id(r)),
                             "modelVersion": r.model_version,
+                            "ready": r.ready,
                         }
                         for r, p in traffic
                     ],
@@ -321,7 +497,8 @@ class Controller:
                     "state": r.state.value,
                     "modelVersion": r.model_version,
                     "storageUri": r.storage_uri,
-                    "url": r.url if r.state is RevisionState.READY else None,
+                    "url": r.url if r.ready else None,
+                    "restarts": r.restarts,
                     "message": r.message,
                 }
                 for r in self.revisions
@@ -331,6 +508,8 @@ class Controller:
 
     async def run(self) -> None:
         self.stack_dir.mkdir(parents=True, exist_ok=True)
+        self._traffic_now = []
+        self.restore()
         self._session = aiohttp.ClientSession()
         try:
             while True:
@@ -338,10 +517,13 @@ class Controller:
                     await self.reconcile()
                 except Exception:  # keep reconciling: one bad spec must not kill the ingress
                     log.exception("reconcile failed")
-                await asyncio.sleep(_RECONCILE_SECONDS)
+                await asyncio.sleep(RECONCILE_SECONDS)
         finally:
             await self._session.close()
 
     def shutdown(self) -> None:
         for revision in self.revisions:
-            self._stop(revision)
+            if revision.process is not None or revision.pid is not None:
+                self._stop(revision)
+        with contextlib.suppress(OSError):
+            self._save()

@@ -34,6 +34,24 @@ def _json_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def _unavailable(controller: Controller, tried: set[str]) -> web.Response:
+    """503 with what to do: nothing deployed yet, or every revision down right now."""
+    if not controller.revisions:
+        return _json_error(
+            503,
+            f"no ready revision of {controller.isvc_name}: deploy one with "
+            "`python -m pipelines.rollout canary --version N` (see `make status`)",
+        )
+    response = _json_error(
+        503,
+        f"no revision of {controller.isvc_name} is ready right now"
+        + (f" ({', '.join(sorted(tried))} refused the connection)" if tried else "")
+        + "; the controller is restarting it — see `make status`",
+    )
+    response.headers["Retry-After"] = "1"
+    return response
+
+
 def build_app(controller: Controller, frontend_dist: Path, poster_base_url: str) -> web.Application:
     app = web.Application(client_max_size=8 * 1024 * 1024)
     session_key = web.AppKey("session", aiohttp.ClientSession)
@@ -58,23 +76,28 @@ def build_app(controller: Controller, frontend_dist: Path, poster_base_url: str)
         name = request.match_info["name"].split(":", 1)[0]
         if name != controller.isvc_name:
             return _json_error(404, f"Model with name {name} does not exist.")
-        revision = controller.routing.choose(request.host)
-        if revision is None:
-            return _json_error(
-                503,
-                f"no ready revision of {controller.isvc_name}: deploy one with "
-                "`python -m pipelines.rollout canary --version N` (see `make status`)",
-            )
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         body = await request.read()
-        try:
-            async with request.app[session_key].request(
-                request.method, f"{revision.url}{request.path_qs}", data=body, headers=headers
-            ) as upstream:
-                payload = await upstream.read()
-                out = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
-        except aiohttp.ClientError as err:
-            return _json_error(502, f"revision {revision.name} did not answer: {err}")
+        tried: set[str] = set()
+        while True:
+            revision = controller.routing.choose(request.host, exclude=tried)
+            if revision is None:
+                return _unavailable(controller, tried)
+            try:
+                async with request.app[session_key].request(
+                    request.method, f"{revision.url}{request.path_qs}", data=body, headers=headers
+                ) as upstream:
+                    payload = await upstream.read()
+                    out = {
+                        k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS
+                    }
+                break
+            except aiohttp.ClientConnectorError:
+                # nothing reached the revision (it died): the request can go to another one
+                controller.mark_unreachable(revision)
+                tried.add(revision.name)
+            except aiohttp.ClientError as err:
+                return _json_error(502, f"revision {revision.name} did not answer: {err}")
         out["X-Revision"] = revision.name
         return web.Response(status=upstream.status, body=payload, headers=out)
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,14 +38,27 @@ def port_in_use(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def spawn(
     argv: Sequence[str],
     *,
     log_file: Path,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    die_with_parent: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in its own session (so a group kill reaches its children too)."""
+    """Start ``argv`` in its own session (so a group kill reaches its children too).
+
+    ``die_with_parent``: the kernel SIGKILLs the child when this process dies, however it dies
+    (``kill -9`` included; Linux ``PR_SET_PDEATHSIG``) — a controller's revisions never outlive it.
+    """
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as out:
         return subprocess.Popen(
@@ -54,6 +69,7 @@ def spawn(
             env={**os.environ, **(env or {})},
             cwd=cwd,
             start_new_session=True,
+            preexec_fn=_die_with_parent if die_with_parent and sys.platform == "linux" else None,
         )
 
 

@@ -88,3 +88,7 @@ class RolloutError(PipelineError):
     """A canary, promote or rollback step could not be carried out."""
 
     exit_code = 10
+
+
+class StackDownError(RolloutError):
+    """The local stack (its controller) is not running: nothing can be observed or changed."""

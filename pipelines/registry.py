@@ -156,6 +156,30 @@ def restore_previous(client: Any, name: str, version: str) -> None:
     log.info("alias %s -> version %s (rolled back)", CHAMPION, version)
 
 
+# Set on a version at creation and cleared once its aliases are written: a version a killed
+# training run left behind is recognisable (rollout refuses it without --force).
+REGISTRATION_TAG, PENDING, COMPLETE = "registration", "pending", "complete"
+_TRACKED_ALIASES = (CHAMPION, PREVIOUS, CHALLENGER)
+
+
+def alias_snapshot(client: Any, name: str) -> dict[str, str | None]:
+    """alias -> version of the aliases rollout moves, to put them back after a failed step."""
+    return {alias: alias_version(client, name, alias) for alias in _TRACKED_ALIASES}
+
+
+def restore_aliases(client: Any, name: str, snapshot: dict[str, str | None]) -> None:
+    """Set every alias of a snapshot back (deleting those that were unset)."""
+    for alias, version in snapshot.items():
+        current = alias_version(client, name, alias)
+        if current == version:
+            continue
+        if version is None:
+            client.delete_registered_model_alias(name, alias)
+        else:
+            client.set_registered_model_alias(name, alias, version)
+    log.info("aliases restored: %s", snapshot)
+
+
 def gate_passed(mv: Any) -> bool:
     """Whether a registered version passed training's quality gate (untagged: it did)."""
     return (mv.tags or {}).get(QUALITY_GATE_TAG, "passed") != "failed"

@@ -24,10 +24,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import signal
+import socket
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -36,6 +41,7 @@ import pandas as pd
 import typer
 
 from contracts import layout
+from contracts.files import pid_alive
 from contracts.names import ARTIFACT_PATH, CHALLENGER, CHAMPION, EXPERIMENT_NAME, MODEL_NAME
 from contracts.names import QUALITY_GATE_TAG as GATE_TAG
 from contracts.settings import DATA_DIR, MLFLOW_TRACKING_URI
@@ -50,6 +56,7 @@ from recommenders import BEST_MODEL, MODELS, FittedRecommender, Trainer, get_tra
 log = logging.getLogger(__name__)
 
 CURVE_KS = (1, 3, 5, 10, 15, 20)
+TRAINER_PID_TAG, TRAINER_HOST_TAG = "movie-mlops.trainer.pid", "movie-mlops.trainer.host"
 RECOMMENDERS_DIR = Path(__file__).resolve().parents[1] / "recommenders"
 CONTRACTS_DIR = Path(__file__).resolve().parents[1] / "contracts"
 
@@ -245,6 +252,8 @@ def log_run(snapshot: FeatureSnapshot, fitted: Fitted, settings: TrainSettings) 
         )
         mlflow.set_tags(
             {
+                TRAINER_PID_TAG: str(os.getpid()),
+                TRAINER_HOST_TAG: socket.gethostname(),
                 "features_version": snapshot.version,
                 "features_manifest_sha256": snapshot.manifest_sha256,
                 "features_source": json.dumps(snapshot.source, sort_keys=True),
@@ -279,6 +288,50 @@ def log_run(snapshot: FeatureSnapshot, fitted: Fitted, settings: TrainSettings) 
                 code_paths=[str(RECOMMENDERS_DIR), str(CONTRACTS_DIR)],
             )
     return run.info.run_id, info
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (a Job deleted, `kill`): end the MLflow run as KILLED, then exit."""
+
+
+@contextlib.contextmanager
+def _ended_on_sigterm() -> Iterator[None]:
+    """While a run is open, SIGTERM ends it as KILLED (a failure ends it as FAILED)."""
+    import mlflow
+
+    def on_term(signum: int, _frame: Any) -> None:
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    except Terminated:
+        mlflow.end_run(status="KILLED")
+        log.error("terminated: the MLflow run was ended as KILLED; nothing was registered")
+        raise SystemExit(143) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def close_stale_runs(client: Any, experiment_id: str) -> list[str]:
+    """End, as KILLED, the runs left RUNNING by trainers that no longer exist on this host.
+
+    ``kill -9`` (or a dead node) leaves a run RUNNING for ever; each run records its trainer's
+    pid and host, so the next training job can tell a dead trainer from a live one.
+    """
+    host = socket.gethostname()
+    closed = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        pid = tags.get(TRAINER_PID_TAG)
+        if tags.get(TRAINER_HOST_TAG) != host or not (pid and pid.isdigit()):
+            continue
+        if int(pid) != os.getpid() and not pid_alive(int(pid)):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            closed.append(run.info.run_id)
+            log.warning("closed stale run %s (its trainer, pid %s, is gone) as KILLED",
+                        run.info.run_id, pid)  # fmt: skip
+    return closed
 
 
 # -- registration ------------------------------------------------------------------------------
@@ -350,6 +403,7 @@ def register(
 ) -> tuple[str, tuple[str, ...]]:
     """Register the version with its tags and card, set its aliases; return them as read back."""
     tags = {
+        registry.REGISTRATION_TAG: registry.PENDING,  # until the aliases are written
         "model_type": settings.model,
         "features_version": snapshot.version,
         "split_key": fitted.split_key,
@@ -372,6 +426,9 @@ def register(
         client.set_registered_model_alias(settings.registered_model, CHALLENGER, version)
         if first and registry.alias_version(client, settings.registered_model, CHAMPION) is None:
             client.set_registered_model_alias(settings.registered_model, CHAMPION, version)
+    client.set_model_version_tag(
+        settings.registered_model, version, registry.REGISTRATION_TAG, registry.COMPLETE
+    )
     return version, registry.aliases_of(client, settings.registered_model, version)
 
 
@@ -396,9 +453,10 @@ def train(settings: TrainSettings) -> TrainResult:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     with registry.mlflow_errors("reading the champion", uri):
-        mlflow.set_experiment(settings.experiment)
+        experiment = mlflow.set_experiment(settings.experiment)
+        close_stale_runs(client, experiment.experiment_id)
         champion = registry.champion_version(client, settings.registered_model)
-    with registry.mlflow_errors("logging the training run", uri):
+    with registry.mlflow_errors("logging the training run", uri), _ended_on_sigterm():
         run_id, info = log_run(snapshot, fitted, settings)
     with registry.mlflow_errors("comparing with the champion", uri):
         gate = registry.quality_gate(

@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
-from contracts.files import atomic_write_json
+from contracts.files import atomic_write_json, pid_alive
 from contracts.inferenceservice import KSERVE_GROUP, KSERVE_PLURAL, KSERVE_VERSION
 from contracts.layout import StackLayout
-from pipelines.errors import RolloutError
+from pipelines.errors import RolloutError, StackDownError
+
+log = logging.getLogger(__name__)
+
+
+# a status older than this, or written by a controller that is gone, is not an observation
+STALE_STATUS_SECONDS = 10.0
 
 
 class Backend(Protocol):
     """Read and write one InferenceService; read the status its controller observed."""
+
+    def lock(self) -> AbstractContextManager[None]:
+        """Held for a whole read-modify-write-wait, so that two commands never interleave."""
+        ...
 
     def get(self) -> dict[str, Any] | None: ...
 
@@ -30,6 +47,37 @@ class LocalBackend:
         self.layout = StackLayout(root)
         self.name = name
 
+    @contextlib.contextmanager
+    def lock(self, timeout: float = 600.0) -> Iterator[None]:
+        """An exclusive ``flock`` on ``stack/rollout.lock``; waits (saying so) for a holder."""
+        self.layout.stack.mkdir(parents=True, exist_ok=True)
+        with self.layout.rollout_lock.open("a+") as fh:
+            deadline, told = time.monotonic() + timeout, False
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if not told:
+                        fh.seek(0)
+                        holder = fh.read().strip() or "?"
+                        log.info("waiting for another rollout command (pid %s) to finish", holder)
+                        told = True
+                    if time.monotonic() > deadline:
+                        raise RolloutError(
+                            f"another rollout command still holds {self.layout.rollout_lock} "
+                            f"after {timeout:.0f} s; nothing was changed"
+                        ) from None
+                    time.sleep(0.2)
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{os.getpid()}\n")
+            fh.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     def get(self) -> dict[str, Any] | None:
         path = self.layout.isvc_file
         return json.loads(path.read_text()) if path.is_file() else None
@@ -43,8 +91,23 @@ class LocalBackend:
         return isvc
 
     def status(self) -> dict[str, Any] | None:
+        """The status the running controller observed; `StackDownError` when none runs."""
         path = self.layout.status_file
-        return json.loads(path.read_text()).get("status") if path.is_file() else None
+        try:
+            status = json.loads(path.read_text()).get("status") or {}
+        except FileNotFoundError:
+            raise StackDownError(
+                "the local stack is not running (no controller has written a status): "
+                "start it with `make up`; nothing was changed"
+            ) from None
+        pid = (status.get("controller") or {}).get("pid")
+        age = time.time() - float(status.get("observedAt") or 0)
+        if not isinstance(pid, int) or not pid_alive(pid) or age > STALE_STATUS_SECONDS:
+            raise StackDownError(
+                f"the local stack is not running (its status was last observed {age:.0f} s "
+                "ago): start it with `make up`"
+            )
+        return status
 
 
 class ClusterBackend:
@@ -79,7 +142,16 @@ class ClusterBackend:
         try:  # replace carries resourceVersion: a concurrent edit fails instead of being lost
             return self.api.replace_namespaced_custom_object(*self._args(), self.name, isvc)
         except ApiException as err:
+            if err.status == 409:
+                raise RolloutError(
+                    f"InferenceService {self.name} was changed by someone else since it was "
+                    "read (resourceVersion conflict); nothing was written: rerun the command"
+                ) from err
             raise RolloutError(f"cannot update InferenceService {self.name}: {err.reason}") from err
+
+    def lock(self) -> AbstractContextManager[None]:
+        """Nothing to hold: the API server's optimistic concurrency (resourceVersion) guards."""
+        return contextlib.nullcontext()
 
     def status(self) -> dict[str, Any] | None:
         current = self.get()

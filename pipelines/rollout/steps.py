@@ -17,7 +17,7 @@ from contracts.inferenceservice import STEP_ANNOTATION, storage_uri
 from contracts.names import ARTIFACT_PATH, CHAMPION, MODEL_NAME, PREVIOUS
 from contracts.settings import LOCAL_ROOT, MLFLOW_TRACKING_URI
 from pipelines import registry
-from pipelines.errors import ConfigError, RolloutError
+from pipelines.errors import ConfigError, PipelineError, RolloutError
 from pipelines.rollout import document
 from pipelines.rollout.backends import Backend
 
@@ -92,7 +92,50 @@ def wait_rollout(backend: Backend, generation: int, timeout: float) -> dict[str,
 
 def _apply_and_wait(backend: Backend, isvc: dict[str, Any], timeout: float) -> dict[str, Any]:
     applied = backend.apply(document.spec_only(isvc))
-    return wait_rollout(backend, int(applied["metadata"]["generation"]), timeout)
+    wait_rollout(backend, int(applied["metadata"]["generation"]), timeout)
+    return backend.status() or {}  # what is observed now, not what was written
+
+
+def _rolled_out(status: dict[str, Any]) -> str | None:
+    return ((status.get("components") or {}).get("predictor") or {}).get("latestRolledoutRevision")
+
+
+def _check_servable(settings: RolloutSettings, mv: Any, force: bool) -> None:
+    """Refuse a version the registry does not vouch for (unless forced)."""
+    tags = mv.tags or {}
+    if not registry.gate_passed(mv) and not force:
+        raise RolloutError(
+            f"{settings.model_name} version {mv.version} failed its quality gate at training "
+            f"({tags.get('quality_gate_detail', 'no detail')}); pass --force to roll it out anyway"
+        )
+    if tags.get(registry.REGISTRATION_TAG) == registry.PENDING and not force:
+        raise RolloutError(
+            f"{settings.model_name} version {mv.version} was registered by a training run that "
+            "did not finish (its aliases were never set); retrain, or pass --force"
+        )
+
+
+def _moved_registry_then_failed(
+    settings: RolloutSettings,
+    client: Any,
+    version: str,
+    before: dict[str, str | None],
+    err: RolloutError,
+) -> RolloutError:
+    """After the registry moved first and traffic did not follow: put the registry back.
+
+    The old version keeps serving, so the aliases return to what they were; when even that
+    cannot be written, say exactly which command makes the two agree.
+    """
+    try:
+        with registry.mlflow_errors("restoring the aliases", settings.tracking_uri):
+            registry.restore_aliases(client, settings.model_name, before)
+    except PipelineError as undo:
+        return RolloutError(
+            f"{err}; the registry says {CHAMPION}={version} but traffic did not move, and "
+            f"restoring the aliases failed ({undo}): rerun the same command once MLflow answers"
+        )
+    return RolloutError(f"{err}; {CHAMPION} stays version {before[CHAMPION]}")
 
 
 def canary(
@@ -107,100 +150,147 @@ def canary(
 
     Without ``percent`` the environment's step applies: the InferenceService's
     ``movie-mlops.io/canary-step-percent`` annotation (set by the overlay). A rollout to 100 %
-    (the first one, or ``--percent 100``) is a promotion and moves the aliases like `promote`.
-    A version that failed its quality gate is refused unless ``force``.
+    (the first one, or ``--percent 100``) is a promotion: the registry moves first
+    (``champion``), then traffic. A version that failed its quality gate (or whose
+    registration did not finish) is refused unless ``force``.
     """
     version = parse_version(version)
-    isvc = backend.get()
-    if isvc is None:
-        if settings.target is Target.CLUSTER:
-            raise RolloutError(
-                f"InferenceService {settings.isvc_name} not found in {settings.namespace}: "
-                "deploy the overlay first (make deploy ENV=…)"
-            )
-        isvc = document.new_inferenceservice(settings.isvc_name)
-    if percent is None:
-        step = document.step_percent(isvc)
-        try:
-            percent = int(step)
-        except ValueError as err:
-            raise ConfigError(f"annotation {STEP_ANNOTATION}={step!r} is not a number") from err
-    if not 0 < percent <= 100:
-        raise ConfigError(f"--percent must be in 1..100, got {percent}")
-    client = registry.connect(settings.tracking_uri, settings.connect_retries)
-    with registry.mlflow_errors(f"reading version {version}", settings.tracking_uri):
-        mv = client.get_model_version(settings.model_name, version)
-    if not registry.gate_passed(mv) and not force:
-        raise RolloutError(
-            f"{settings.model_name} version {version} failed its quality gate at training "
-            f"({(mv.tags or {}).get('quality_gate_detail', 'no detail')}); pass --force to "
-            "roll it out anyway"
-        )
-    uri = storage_uri_for(client, settings, version)
-    status = isvc.get("status") or backend.status() or {}
-    rolled_out = (status.get("components", {}).get("predictor", {}) or {}).get(
-        "latestRolledoutRevision"
-    )
-    document.set_version(isvc, uri, version)
-    predictor = isvc["spec"]["predictor"]
-    full = not rolled_out or percent == 100
-    if full:
-        predictor.pop("canaryTrafficPercent", None)
-    else:
-        predictor["canaryTrafficPercent"] = percent
-    log.info("version %s -> %s (%s)", version, uri,
-             "full rollout" if full else f"canary {percent}%")  # fmt: skip
-    status = _apply_and_wait(backend, isvc, settings.timeout)
-    if full:
+    with backend.lock():
+        isvc = backend.get()
+        status = backend.status() or {}  # the local stack down: fails here, nothing written
+        if isvc is None:
+            if settings.target is Target.CLUSTER:
+                raise RolloutError(
+                    f"InferenceService {settings.isvc_name} not found in {settings.namespace}: "
+                    "deploy the overlay first (make deploy ENV=…)"
+                )
+            isvc = document.new_inferenceservice(settings.isvc_name)
+        if percent is None:
+            step = document.step_percent(isvc)
+            try:
+                percent = int(step)
+            except ValueError as err:
+                raise ConfigError(f"annotation {STEP_ANNOTATION}={step!r} is not a number") from err
+        if not 0 < percent <= 100:
+            raise ConfigError(f"--percent must be in 1..100, got {percent}")
+        client = registry.connect(settings.tracking_uri, settings.connect_retries)
+        with registry.mlflow_errors(f"reading version {version}", settings.tracking_uri):
+            mv = client.get_model_version(settings.model_name, version)
+        _check_servable(settings, mv, force)
+        uri = storage_uri_for(client, settings, version)
+        document.set_version(isvc, uri, version)
+        predictor = isvc["spec"]["predictor"]
+        full = not _rolled_out(isvc.get("status") or status) or percent == 100
+        if full:
+            predictor.pop("canaryTrafficPercent", None)
+        else:
+            predictor["canaryTrafficPercent"] = percent
+        log.info("version %s -> %s (%s)", version, uri,
+                 "full rollout" if full else f"canary {percent}%")  # fmt: skip
+        if not full:
+            return _apply_and_wait(backend, isvc, settings.timeout)
         with registry.mlflow_errors("moving the champion alias", settings.tracking_uri):
+            before = registry.alias_snapshot(client, settings.model_name)
             registry.move_champion(client, settings.model_name, version)
-    return status
+        try:
+            return _apply_and_wait(backend, isvc, settings.timeout)
+        except RolloutError as err:
+            raise _moved_registry_then_failed(settings, client, version, before, err) from err
+
+
+def _canary_problem(status: dict[str, Any], percent: int) -> str | None:
+    """Why the canary is not (yet) serving its share, or None when it is."""
+    predictor = (status.get("components") or {}).get("predictor") or {}
+    created, ready = predictor.get("latestCreatedRevision"), predictor.get("latestReadyRevision")
+    if created is None or created != ready:
+        return f"the canary revision {created} is not ready (latest ready: {ready})"
+    entry = next(
+        (t for t in predictor.get("traffic") or [] if t.get("revisionName") == created), None
+    )
+    if entry is None or int(entry.get("percent", 0)) != percent:
+        share = 0 if entry is None else entry.get("percent")
+        return f"the canary revision {created} serves {share} %, not its {percent} %"
+    if entry.get("ready") is False:
+        return f"the canary revision {created} is down (restarting)"
+    return None
 
 
 def promote(settings: RolloutSettings, backend: Backend) -> dict[str, Any]:
-    """Give the canary 100 % and move the `champion` alias to its version."""
-    isvc = _require(backend, settings)
-    predictor = isvc["spec"]["predictor"]
-    if predictor.get("canaryTrafficPercent") == 0:
-        raise RolloutError("the canary was rolled back; start a new canary before promoting")
-    client = registry.connect(settings.tracking_uri, settings.connect_retries)
-    version = document.served_version(isvc)
-    predictor.pop("canaryTrafficPercent", None)
-    status = _apply_and_wait(backend, isvc, settings.timeout)
-    if version:
+    """Give the canary 100 % and make its version `champion` (registry first, then traffic).
+
+    Refused unless the canary was observed ready at its share. Idempotent: after an interrupted
+    promote, rerunning it finishes the job.
+    """
+    with backend.lock():
+        isvc = _require(backend, settings)
+        status = backend.status() or {}
+        predictor = isvc["spec"]["predictor"]
+        percent = predictor.get("canaryTrafficPercent")
+        if percent == 0:
+            raise RolloutError("the canary was rolled back; start a new canary before promoting")
+        client = registry.connect(settings.tracking_uri, settings.connect_retries)
+        version = document.served_version(isvc)
+        if percent is not None and percent < 100:
+            problem = _canary_problem(status, int(percent))
+            if problem is not None:
+                raise RolloutError(f"not promoting: {problem}; nothing was changed")
+        if version is None:
+            raise RolloutError("the InferenceService names no MODEL_VERSION to promote")
         with registry.mlflow_errors("moving the champion alias", settings.tracking_uri):
+            before = registry.alias_snapshot(client, settings.model_name)
             registry.move_champion(client, settings.model_name, version)
-    return status
+        predictor.pop("canaryTrafficPercent", None)
+        try:
+            return _apply_and_wait(backend, isvc, settings.timeout)
+        except RolloutError as err:
+            raise _moved_registry_then_failed(settings, client, version, before, err) from err
 
 
 def rollback(settings: RolloutSettings, backend: Backend) -> dict[str, Any]:
     """Undo the last step.
 
     During a canary: ``canaryTrafficPercent: 0`` — KServe sends all traffic back to the last
-    rolled-out revision at once, no new pods needed. After a promote: the predictor is pointed
-    at the version aliased ``previous`` (a full rollout), and ``champion`` moves back to it.
+    rolled-out revision at once, no new pods needed, the registry unchanged. After a promote:
+    ``champion`` moves back to the version aliased ``previous`` (registry first), then the
+    predictor is pointed at it (a full rollout). When the registry and the InferenceService
+    disagree (an interrupted command), traffic is made to follow ``champion``.
     """
-    isvc = _require(backend, settings)
-    predictor = isvc["spec"]["predictor"]
-    if predictor.get("canaryTrafficPercent") not in (None, 100):
-        predictor["canaryTrafficPercent"] = 0
-        return _apply_and_wait(backend, isvc, settings.timeout)
-    client = registry.connect(settings.tracking_uri, settings.connect_retries)
-    with registry.mlflow_errors("reading the previous alias", settings.tracking_uri):
-        previous = registry.alias_version(client, settings.model_name, PREVIOUS)
-    if previous is None:
-        raise RolloutError(
-            f"nothing to roll back to: no canary is running and no version is aliased "
-            f"{PREVIOUS!r} (it is set when a promote replaces a {CHAMPION})"
-        )
-    uri = storage_uri_for(client, settings, previous)
-    document.set_version(isvc, uri, previous)
-    predictor.pop("canaryTrafficPercent", None)
-    log.info("rolling back to version %s (%s)", previous, uri)
-    status = _apply_and_wait(backend, isvc, settings.timeout)
-    with registry.mlflow_errors("moving the champion alias back", settings.tracking_uri):
-        registry.restore_previous(client, settings.model_name, previous)
-    return status
+    with backend.lock():
+        isvc = _require(backend, settings)
+        backend.status()
+        predictor = isvc["spec"]["predictor"]
+        if predictor.get("canaryTrafficPercent") not in (None, 100):
+            predictor["canaryTrafficPercent"] = 0
+            return _apply_and_wait(backend, isvc, settings.timeout)
+        client = registry.connect(settings.tracking_uri, settings.connect_retries)
+        served = document.served_version(isvc)
+        with registry.mlflow_errors("reading the aliases", settings.tracking_uri):
+            champion = registry.alias_version(client, settings.model_name, CHAMPION)
+            previous = registry.alias_version(client, settings.model_name, PREVIOUS)
+        if champion is not None and champion != served:
+            target = champion  # an interrupted rollback or promote: finish it
+            log.info("registry says %s=%s, traffic serves %s: moving traffic to %s",
+                     CHAMPION, champion, served, champion)  # fmt: skip
+        elif previous is not None:
+            target = previous
+            with registry.mlflow_errors("moving the champion alias back", settings.tracking_uri):
+                registry.restore_previous(client, settings.model_name, previous)
+        else:
+            raise RolloutError(
+                f"nothing to roll back to: no canary is running and no version is aliased "
+                f"{PREVIOUS!r} (it is set when a promote replaces a {CHAMPION})"
+            )
+        uri = storage_uri_for(client, settings, target)
+        document.set_version(isvc, uri, target)
+        predictor.pop("canaryTrafficPercent", None)
+        log.info("rolling back to version %s (%s)", target, uri)
+        try:
+            return _apply_and_wait(backend, isvc, settings.timeout)
+        except RolloutError as err:
+            raise RolloutError(
+                f"{err}; the registry already names version {target} {CHAMPION}: rerun "
+                "`rollout rollback` to move traffic to it"
+            ) from err
 
 
 def _require(backend: Backend, settings: RolloutSettings) -> dict[str, Any]:

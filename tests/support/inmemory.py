@@ -10,6 +10,7 @@ only when the latest ready one has 100 %.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -25,6 +26,9 @@ class InMemoryBackend:
         self.rolled_out: dict[str, Any] | None = None
         self.failing = failing or set()
         self.writes = 0
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
     def get(self) -> dict[str, Any] | None:
         return None if self.isvc is None else copy.deepcopy(self.isvc)
