@@ -14,7 +14,9 @@ Response (V1)::
 
 (``items`` only for instances that ask ``"display": true``.)
 
-plus the ``X-Model-Version`` response header.
+plus the ``X-Model-Version`` response header. An instance that asks ``"popular": true`` is
+answered by the recommender's own popularity fallback (no user, no history), so its prediction
+has ``fallback: true`` and that fallback's ``reason``.
 
 Unknown content ids in a history: when the history is what the model scores (no ``user_id``, or
 a ``user_id`` the model does not know), ids the model does not know are ignored and ``reason``

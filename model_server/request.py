@@ -3,11 +3,17 @@
 ::
 
     {"instances": [{"user_id": 42, "k": 10},
-                   {"history": [550, 680], "k": 5, "exclude_seen": false}]}
+                   {"history": [550, 680], "k": 5, "exclude_seen": false},
+                   {"popular": true, "k": 12}]}
 
 - ``user_id``: a non-negative integer, or absent/null;
 - ``history``: a list of at most 1000 non-negative integer content ids, or absent/null;
-- at least one of them (a non-empty history) per instance;
+- at least one of them (a non-empty history) per instance, unless it asks for ``popular``;
+- ``popular``: a boolean (default false): ask for the popularity ranking itself (what a page
+  shows before anyone is chosen); such an instance takes no ``user_id`` or ``history``, and
+  its prediction is the popularity fallback (``fallback: true`` with its ``reason``). An empty
+  history stays an error rather than meaning "popular", so a client that lost its input hears
+  about it instead of silently getting the popular list;
 - ``k``: an integer in 1..100 (default 10); ``exclude_seen``: a boolean (default true);
 - ``display``: a boolean (default false): add ``items`` with the catalog's display fields
   (title, poster, date, rating) to the prediction — what a page needs, not what a service
@@ -55,6 +61,7 @@ class Instance(BaseModel):
     k: Annotated[int, Field(ge=1, le=MAX_K)] = DEFAULT_K
     exclude_seen: bool = True
     display: bool = False
+    popular: bool = False
 
 
 _INSTANCES = TypeAdapter(list[Instance])
@@ -68,6 +75,7 @@ _EXPECTED = {
     "k": f"must be an integer in 1..{MAX_K}",
     "exclude_seen": "must be true or false",
     "display": "must be true or false",
+    "popular": "must be true or false",
 }
 _FIELDS = ", ".join(_EXPECTED).replace(", history[]", "")
 
@@ -115,8 +123,15 @@ def parse_payload(data: Any) -> list[Instance]:
     except ValidationError as err:
         raise RequestError(_describe(err)) from err
     for i, instance in enumerate(parsed):
-        if instance.user_id is None and not instance.history:
-            raise RequestError(f"instances[{i}] needs a user_id or a non-empty history")
+        if instance.popular:
+            if instance.user_id is not None or instance.history is not None:
+                raise RequestError(
+                    f"instances[{i}] asks for popular movies: it takes no user_id or history"
+                )
+        elif instance.user_id is None and not instance.history:
+            raise RequestError(
+                f"instances[{i}] needs a user_id, a non-empty history or popular: true"
+            )
     return parsed
 
 

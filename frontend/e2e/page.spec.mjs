@@ -6,16 +6,19 @@
  *
  * BASE_URL is where the page and `/v1/models/...:predict` are served on one origin (the local
  * ingress). Without it the test starts e2e/stub-server.mjs over ./dist (run `npm run build`
- * first). Assertions are structural — n cards == k, a non-empty version badge, the fallback
- * notice for an unknown user — so they hold for the real model server's data too.
+ * first). Assertions are structural — n cards == k, a non-empty version badge, which notice is
+ * shown, what the address says — so they hold for the real model server's data too.
  *
  * Environment:
  *   BASE_URL             page origin (default: start the stub)
- *   SCREENSHOT           where to save a full-page PNG of the known-user results (optional);
- *                        the unknown-user page goes next to it with a `-fallback` suffix
+ *   SCREENSHOT           where to save a full-page PNG of the known user's deep link (optional);
+ *                        the other views go next to it with a suffix: `-popular` (`/`),
+ *                        `-history`, `-fallback` (unknown user), `-bad-link` (`/?user=abc`)
  *   E2E_USER_ID          user id to ask for (default 1); when set, the test also asserts
  *                        that this user gets personalised results (no fallback notice)
  *   E2E_UNKNOWN_USER_ID  a user id the model has never seen (default 999999999)
+ *   E2E_HISTORY          content ids the model knows, for `/?history=` (default: the first two
+ *                        popular movies the page shows on `/`)
  *   E2E_K                how many recommendations to ask for: 6, 12 or 24 (default 12)
  *   CHROMIUM_PATH        browser binary (default /usr/bin/chromium)
  */
@@ -44,6 +47,9 @@ const explicitUser = process.env.E2E_USER_ID !== undefined && process.env.E2E_US
 const USER_ID = explicitUser ? process.env.E2E_USER_ID : '1';
 const UNKNOWN_USER_ID = process.env.E2E_UNKNOWN_USER_ID || '999999999';
 const K = Number(process.env.E2E_K || 12);
+const DEFAULT_K = 12; // what `/` shows, without a `k` in the address
+const K_PARAM = K === DEFAULT_K ? '' : `&k=${K}`;
+const HISTORY = (process.env.E2E_HISTORY || '').split(',').filter((id) => id.trim() !== '').map(Number);
 const SCREENSHOT = process.env.SCREENSHOT || '';
 
 let baseUrl = process.env.BASE_URL || '';
@@ -67,13 +73,19 @@ async function screenshot(page, path) {
   await page.screenshot({ path, fullPage: true });
 }
 
-async function openPage() {
+async function openPage(path = '/') {
   const page = await context.newPage();
   page.setDefaultTimeout(TIMEOUT_MS);
   page.on('pageerror', (err) => pageErrors.push(err));
-  await page.goto(baseUrl, { waitUntil: 'domcontentloaded' });
+  await page.goto(new URL(path, baseUrl).href, { waitUntil: 'domcontentloaded' });
   await page.getByRole('heading', { name: 'Movie recommendations' }).waitFor();
   return page;
+}
+
+/** The page's address without its origin: `/?user=42`. */
+function address(page) {
+  const url = new URL(page.url());
+  return `${url.pathname}${url.search}`;
 }
 
 async function askForUser(page, userId) {
@@ -92,9 +104,19 @@ async function waitForResults(page) {
   return grid.getByRole('listitem');
 }
 
-async function assertCards(cards) {
-  assert.equal(await cards.count(), K, `expected ${K} recommendation cards`);
-  for (let i = 0; i < K; i += 1) {
+/** Wait until the results heading reads `name` (the answer to the latest request is shown). */
+async function waitForHeading(page, name) {
+  await page.getByRole('heading', { level: 2, name }).waitFor();
+  return waitForResults(page);
+}
+
+async function contentIds(cards) {
+  return cards.evaluateAll((items) => items.map((li) => Number(li.dataset.contentId)));
+}
+
+async function assertCards(cards, n = K) {
+  assert.equal(await cards.count(), n, `expected ${n} recommendation cards`);
+  for (let i = 0; i < n; i += 1) {
     const card = cards.nth(i);
     // A poster with alt text, or the titled placeholder: never a bare box.
     const picture = card.getByRole('img');
@@ -103,6 +125,9 @@ async function assertCards(cards) {
     assert.ok(name && name.trim().length > 0, `card ${i} poster has a text alternative`);
     assert.ok((await card.getByRole('heading').innerText()).trim().length > 0, `card ${i} has a title`);
   }
+  const ids = await contentIds(cards);
+  assert.ok(ids.every(Number.isInteger), `every card names its movie: ${ids}`);
+  assert.equal(new Set(ids).size, n, 'no movie twice');
 }
 
 async function assertVersionBadge(page) {
@@ -111,6 +136,16 @@ async function assertVersionBadge(page) {
   const text = (await badge.innerText()).trim();
   assert.match(text, /\bv\S+/, `version badge shows a version: ${JSON.stringify(text)}`);
   assert.doesNotMatch(text, /version unknown|vnull|vundefined/);
+}
+
+/** The popular view: its own heading and note, the version, and no warning of any kind. */
+async function assertPopular(page, n = DEFAULT_K) {
+  const cards = await waitForHeading(page, `${n} popular movies`);
+  await assertCards(cards, n);
+  await assertVersionBadge(page);
+  assert.match(await page.getByTestId('popular-note').innerText(), /not personalised/);
+  assert.equal(await page.getByTestId('fallback-notice').count(), 0, 'popular movies are no fallback warning');
+  return cards;
 }
 
 describe('movie recommendations page', () => {
@@ -138,11 +173,24 @@ describe('movie recommendations page', () => {
     if (userDataDir) rmSync(userDataDir, { recursive: true, force: true });
   });
 
-  it('shows k poster cards and the serving model version for a user', async () => {
-    const page = await openPage();
-    const cards = await askForUser(page, USER_ID);
+  it('opens on the popular movies, with the model version that answered', async () => {
+    const page = await openPage('/');
+    await assertPopular(page);
+    assert.equal(await page.getByLabel('User id').inputValue(), '');
+    assert.equal(await page.getByTestId('link-problem').count(), 0);
+    assert.equal(address(page), '/');
+    if (SCREENSHOT) await screenshot(page, withSuffix(SCREENSHOT, '-popular'));
+    assert.deepEqual(pageErrors, []);
+  });
+
+  it('/?user= opens that user\'s recommendations directly', async () => {
+    const page = await openPage(`/?user=${USER_ID}${K_PARAM}`);
+    const cards = await waitForHeading(page, `${K} recommendations for user ${USER_ID}`);
     await assertCards(cards);
     await assertVersionBadge(page);
+    assert.ok(await page.getByRole('radio', { name: 'Known user' }).isChecked());
+    assert.equal(await page.getByLabel('User id').inputValue(), USER_ID);
+    assert.equal(await page.getByTestId('popular-note').count(), 0);
     if (explicitUser) {
       assert.equal(await page.getByTestId('fallback-notice').count(), 0, `user ${USER_ID} should be known to the model`);
     }
@@ -150,9 +198,86 @@ describe('movie recommendations page', () => {
     assert.deepEqual(pageErrors, []);
   });
 
+  it('/?history= opens an anonymous history, leaving its movies out', async () => {
+    let history = HISTORY;
+    if (history.length === 0) {
+      const popular = await openPage('/');
+      history = (await contentIds(await assertPopular(popular))).slice(0, 2);
+      await popular.close();
+    }
+    const page = await openPage(`/?history=${history.join(',')}${K_PARAM}`);
+    const n = history.length;
+    const cards = await waitForHeading(page, `${K} recommendations based on ${n} movie${n === 1 ? '' : 's'} you picked`);
+    await assertCards(cards);
+    await assertVersionBadge(page);
+    assert.ok(await page.getByRole('radio', { name: 'Anonymous' }).isChecked());
+    const chips = page.getByRole('list', { name: 'Movies in your history' }).getByRole('listitem');
+    assert.equal(await chips.count(), n);
+    const shown = await contentIds(cards);
+    assert.deepEqual(shown.filter((id) => history.includes(id)), [], 'the history is not recommended back');
+    assert.equal(await page.getByTestId('fallback-notice').count(), 0, 'a known history is personalised');
+    if (SCREENSHOT) await screenshot(page, withSuffix(SCREENSHOT, '-history'));
+    assert.deepEqual(pageErrors, []);
+  });
+
+  it('the back and forward buttons restore the earlier views', async () => {
+    const page = await openPage('/');
+    const popular = await contentIds(await assertPopular(page));
+    const popularVersion = await page.getByTestId('model-version').innerText();
+    await askForUser(page, USER_ID);
+    const forUser = `${K} recommendations for user ${USER_ID}`;
+    const userCards = await waitForHeading(page, forUser);
+    assert.equal(address(page), `/?user=${USER_ID}${K_PARAM}`);
+    const userIds = await contentIds(userCards);
+    const userVersion = await page.getByTestId('model-version').innerText();
+    const first = userCards.first();
+    const picked = Number(await first.getAttribute('data-content-id'));
+    await first.getByRole('button', { name: /^More like / }).click();
+    await waitForHeading(page, /based on 1 movie you picked/);
+    assert.equal(address(page), `/?history=${picked}${K_PARAM}`);
+
+    await page.goBack();
+    const restored = await waitForHeading(page, forUser);
+    assert.equal(address(page), `/?user=${USER_ID}${K_PARAM}`);
+    assert.ok(await page.getByRole('radio', { name: 'Known user' }).isChecked());
+    assert.equal(await page.getByLabel('User id').inputValue(), USER_ID);
+    assert.equal(await page.getByLabel('How many').inputValue(), String(K));
+    // Asked again: the same list, unless a canary split sent the request to another version.
+    if ((await page.getByTestId('model-version').innerText()) === userVersion) {
+      assert.deepEqual(await contentIds(restored), userIds, 'the same recommendations as before');
+    }
+
+    await page.goBack();
+    assert.equal(address(page), '/');
+    const popularAgain = await contentIds(await assertPopular(page));
+    if ((await page.getByTestId('model-version').innerText()) === popularVersion) {
+      assert.deepEqual(popularAgain, popular, 'the same popular movies as before');
+    }
+    assert.equal(await page.getByLabel('User id').inputValue(), '');
+
+    await page.goForward();
+    await waitForHeading(page, forUser);
+    assert.equal(await page.getByLabel('User id').inputValue(), USER_ID);
+    assert.deepEqual(pageErrors, []);
+  });
+
+  it('a link it cannot read says so and shows the popular movies', async () => {
+    const page = await openPage('/?user=abc');
+    const problem = page.getByTestId('link-problem');
+    await problem.waitFor();
+    assert.match(await problem.innerText(), /user id “abc” is not a whole number/);
+    await assertPopular(page);
+    if (SCREENSHOT) await screenshot(page, withSuffix(SCREENSHOT, '-bad-link'));
+    await page.goto(new URL('/?history=1,x', baseUrl).href);
+    await page.getByTestId('link-problem').filter({ hasText: '“1,x”' }).waitFor();
+    await assertPopular(page);
+    assert.deepEqual(pageErrors, []);
+  });
+
   it('shows the fallback notice for an unknown user', async () => {
-    const page = await openPage();
-    const cards = await askForUser(page, UNKNOWN_USER_ID);
+    const page = await openPage('/');
+    await askForUser(page, UNKNOWN_USER_ID);
+    const cards = await waitForHeading(page, `${K} recommendations for user ${UNKNOWN_USER_ID}`);
     const notice = page.getByTestId('fallback-notice');
     await notice.waitFor();
     assert.match(await notice.innerText(), /Unknown user — showing popular movies/);
@@ -163,9 +288,8 @@ describe('movie recommendations page', () => {
   });
 
   it('"More like this" starts an anonymous history and refreshes the grid', async () => {
-    const page = await openPage();
-    const cards = await askForUser(page, UNKNOWN_USER_ID);
-    await cards.first().waitFor();
+    const page = await openPage('/');
+    const cards = await assertPopular(page);
     const title = (await cards.first().getByRole('heading').innerText()).trim();
     // Keyboard, not mouse: the control must be reachable without a pointer.
     await cards.first().getByRole('button', { name: /^More like / }).press('Enter');
@@ -174,10 +298,13 @@ describe('movie recommendations page', () => {
     assert.equal(await chips.count(), 1);
     assert.equal((await chips.first().innerText()).replace('×', '').trim(), title);
     // The results heading names the history only once the history's answer is on screen.
-    await page.getByRole('heading', { name: /based on 1 movie you picked/ }).waitFor();
-    const refreshed = await waitForResults(page);
-    await assertCards(refreshed);
+    const refreshed = await waitForHeading(page, /based on 1 movie you picked/);
+    await assertCards(refreshed, DEFAULT_K);
     await assertVersionBadge(page);
+    // Clearing the history goes back to the popular movies, not to an error.
+    await page.getByRole('button', { name: 'Clear history' }).click();
+    await assertPopular(page);
+    assert.equal(address(page), '/?history=');
     assert.deepEqual(pageErrors, []);
   });
 });

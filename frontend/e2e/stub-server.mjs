@@ -44,26 +44,37 @@ function movie(id) {
   };
 }
 
-function badRequest(res, message) {
-  sendJson(res, 400, { error: message });
-}
-
 function sendJson(res, status, body, headers = {}) {
   res.writeHead(status, { 'Content-Type': 'application/json', ...headers });
   res.end(JSON.stringify(body));
 }
 
-/** Deterministic ranking: a rotation of the catalog seeded by the user or history. */
-function recommend(instance) {
+/**
+ * Deterministic ranking: a rotation of the catalog seeded by the user or history. Refuses what
+ * the real predictor refuses (model_server/request.py), with its status: no user, no history
+ * and no `popular` (400), `popular` with a user or history (400), a history of unknown ids (422).
+ */
+function recommend(instance, i) {
   const { k } = instance;
-  if (!Number.isInteger(k) || k < 1 || k > 100) return { error: 'k must be an integer between 1 and 100' };
+  if (!Number.isInteger(k) || k < 1 || k > 100) {
+    return { status: 400, error: `instances[${i}].k must be an integer in 1..100` };
+  }
+  const hasUser = instance.user_id !== undefined && instance.user_id !== null;
   let seed;
   let fallback = false;
   let reason = null;
   let exclude = new Set();
-  if (instance.user_id !== undefined && instance.user_id !== null) {
+  if (instance.popular === true) {
+    if (hasUser || (instance.history !== undefined && instance.history !== null)) {
+      return { status: 400, error: `instances[${i}] asks for popular movies: it takes no user_id or history` };
+    }
+    fallback = true;
+    reason = 'no user_id or history given: popularity ranking';
+  } else if (hasUser) {
     const u = instance.user_id;
-    if (!Number.isInteger(u) || u < 0) return { error: 'user_id must be a non-negative integer' };
+    if (!Number.isInteger(u) || u < 0) {
+      return { status: 400, error: `instances[${i}].user_id must be a non-negative integer or null` };
+    }
     if (u >= KNOWN_USERS.min && u <= KNOWN_USERS.max) seed = u;
     else {
       fallback = true;
@@ -71,32 +82,32 @@ function recommend(instance) {
     }
   } else {
     const history = instance.history ?? [];
-    if (!Array.isArray(history) || !history.every(Number.isInteger)) {
-      return { error: 'history must be a list of integer content ids' };
+    if (!Array.isArray(history) || !history.every((id) => Number.isInteger(id) && id >= 0)) {
+      return { status: 400, error: `instances[${i}].history must be a list of at most 1000 content ids or null` };
+    }
+    if (history.length === 0) {
+      return { status: 400, error: `instances[${i}] needs a user_id, a non-empty history or popular: true` };
     }
     exclude = new Set(history);
     const known = history.filter((id) => id >= 1 && id <= CATALOG_SIZE);
-    if (known.length > 0) seed = known.reduce((a, b) => a + b, 0);
-    else {
-      fallback = true;
-      reason =
-        history.length === 0
-          ? 'no user_id or history given: popularity ranking'
-          : 'no user_id and no known content id in history: popularity ranking';
+    if (known.length === 0) {
+      const unknown = history.join(', ');
+      return { status: 422, error: `instances[${i}].history holds no content id the model knows (unknown: [${unknown}])` };
     }
+    seed = known.reduce((a, b) => a + b, 0);
   }
   const ids = [];
-  for (let i = 0; ids.length < Math.min(k, CATALOG_SIZE - exclude.size) && i < CATALOG_SIZE; i += 1) {
-    const id = fallback ? i + 1 : ((seed * 17 + i * 11) % CATALOG_SIZE) + 1;
+  for (let j = 0; ids.length < Math.min(k, CATALOG_SIZE - exclude.size) && j < CATALOG_SIZE; j += 1) {
+    const id = fallback ? j + 1 : ((seed * 17 + j * 11) % CATALOG_SIZE) + 1;
     if (!exclude.has(id) && !ids.includes(id)) ids.push(id);
   }
-  const scores = ids.map((_, i) => (fallback ? 100 - i * 3 : Math.round((0.95 - i * 0.03) * 1000) / 1000));
+  const scores = ids.map((_, j) => (fallback ? 100 - j * 3 : Math.round((0.95 - j * 0.03) * 1000) / 1000));
   return {
     content_ids: ids,
     scores,
     fallback,
     reason,
-    items: ids.map((id, i) => ({ ...movie(id), score: scores[i] })),
+    items: ids.map((id, j) => ({ ...movie(id), score: scores[j] })),
   };
 }
 
@@ -152,15 +163,15 @@ export async function startStubServer({
         try {
           body = JSON.parse(await readBody(req));
         } catch {
-          return badRequest(res, 'body is not valid JSON');
+          return sendJson(res, 400, { error: 'request body is not valid JSON' });
         }
         if (!Array.isArray(body?.instances) || body.instances.length === 0) {
-          return badRequest(res, 'instances must be a non-empty list');
+          return sendJson(res, 400, { error: 'instances must be a non-empty list' });
         }
         const predictions = [];
-        for (const instance of body.instances) {
-          const p = recommend(instance ?? {});
-          if (p.error) return badRequest(res, p.error);
+        for (const [i, instance] of body.instances.entries()) {
+          const p = recommend({ k: 10, ...instance }, i);
+          if (p.error) return sendJson(res, p.status, { error: p.error });
           predictions.push(p);
         }
         await new Promise((r) => setTimeout(r, predictDelayMs)); // let the loading state show

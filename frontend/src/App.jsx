@@ -1,29 +1,40 @@
-import { useEffect, useId, useState } from 'react';
+import { useEffect, useId, useRef, useState } from 'react';
 import { DEFAULT_CONFIG, loadConfig, predict } from './api.js';
 import { HistoryBar } from './components/HistoryBar.jsx';
+import { LinkProblem } from './components/LinkProblem.jsx';
 import { Results } from './components/Results.jsx';
+import { K_CHOICES, parseSearch, parseWholeNumber, toSearch } from './url.js';
 
-export const K_CHOICES = [6, 12, 24];
-const DEFAULT_K = 12;
-
-/** `"42"` -> 42; anything that is not a whole, safe, non-negative number -> null. */
-export function parseUserId(text) {
-  const trimmed = String(text).trim();
-  if (!/^\d+$/.test(trimmed)) return null;
-  const n = Number(trimmed);
-  return Number.isSafeInteger(n) ? n : null;
+/**
+ * The view the address names, with history ids turned into chips. Titles cannot ride in the
+ * address, so they come from the history entry's state (set when this page pushed it) or from
+ * movies already seen on screen; a cold deep link names its movies by id.
+ */
+function readLocation(titles) {
+  const { view, problems } = parseSearch(window.location.search);
+  const saved = window.history.state?.titles ?? {};
+  const history = view.history.map((contentId) => ({
+    contentId,
+    title: saved[contentId] ?? titles.get(contentId) ?? `Movie #${contentId}`,
+  }));
+  return { query: { ...view, history }, problems };
 }
 
 export default function App() {
+  // Titles of movies seen on screen this session, for history chips restored from the address.
+  const titles = useRef(new Map());
+  const [initial] = useState(() => readLocation(titles.current));
   const [config, setConfig] = useState(null);
-  const [mode, setMode] = useState('user');
-  const [userIdText, setUserIdText] = useState('');
+  const [mode, setMode] = useState(initial.query.mode);
+  const [userIdText, setUserIdText] = useState(initial.query.userId === null ? '' : String(initial.query.userId));
   const [userIdError, setUserIdError] = useState(null);
-  const [k, setK] = useState(DEFAULT_K);
-  const [history, setHistory] = useState([]);
-  // The request on screen; a fresh object on every submit so "Recommend" always refetches.
-  const [query, setQuery] = useState(null);
-  const [result, setResult] = useState({ status: 'idle' });
+  const [k, setK] = useState(initial.query.k);
+  const [history, setHistory] = useState(initial.query.history);
+  const [linkProblems, setLinkProblems] = useState(initial.problems);
+  // The request on screen (the address says the same); a fresh object on every change so
+  // "Recommend" always refetches. With neither a user nor a history it is the popular movies.
+  const [query, setQuery] = useState(initial.query);
+  const [result, setResult] = useState({ status: 'loading', query: initial.query });
   const ids = useId();
 
   useEffect(() => {
@@ -35,14 +46,17 @@ export default function App() {
   }, []);
 
   useEffect(() => {
-    if (!query || !config) return undefined;
+    if (!config) return undefined;
     const controller = new AbortController();
     setResult({ status: 'loading', query });
     predict(
-      { modelName: config.modelName, k: query.k, userId: query.userId, history: query.history?.map((m) => m.contentId) },
+      { modelName: config.modelName, k: query.k, userId: query.userId, history: query.history.map((m) => m.contentId) },
       { signal: controller.signal },
     ).then(
-      (data) => setResult({ status: 'success', query, data }),
+      (data) => {
+        for (const item of data.items) if (item.title) titles.current.set(item.contentId, item.title);
+        setResult({ status: 'success', query, data });
+      },
       (err) => {
         if (err?.name === 'AbortError') return; // superseded by a newer request
         setResult({ status: 'error', query, error: err?.message || 'Something went wrong.' });
@@ -51,39 +65,66 @@ export default function App() {
     return () => controller.abort();
   }, [query, config]);
 
+  // Back / forward: the address is the state, so restore the form and ask again.
+  useEffect(() => {
+    function restore() {
+      const { query: next, problems } = readLocation(titles.current);
+      setMode(next.mode);
+      if (next.mode === 'user') setUserIdText(next.userId === null ? '' : String(next.userId));
+      else setHistory(next.history);
+      setK(next.k);
+      setUserIdError(null);
+      setLinkProblems(problems);
+      setQuery(next);
+    }
+    window.addEventListener('popstate', restore);
+    return () => window.removeEventListener('popstate', restore);
+  }, []);
+
+  /** Show `next` and record it in the address: a new history entry unless it is the same one. */
+  function navigate(next) {
+    setQuery(next);
+    setLinkProblems([]);
+    const url = `${window.location.pathname}${toSearch({ ...next, history: next.history.map((m) => m.contentId) })}`;
+    const state = { titles: Object.fromEntries(next.history.map((m) => [m.contentId, m.title])) };
+    if (url === `${window.location.pathname}${window.location.search}`) window.history.replaceState(state, '', url);
+    else window.history.pushState(state, '', url);
+  }
+
   function submit(event) {
     event.preventDefault();
     if (mode === 'anonymous') {
-      setQuery({ mode, history, k });
+      navigate({ mode, userId: null, history, k });
       return;
     }
-    const userId = parseUserId(userIdText);
+    const userId = parseWholeNumber(userIdText);
     if (userId === null) {
       setUserIdError('Enter a user id as a whole number, for example 42.');
       return;
     }
     setUserIdError(null);
-    setQuery({ mode, userId, k });
+    navigate({ mode, userId, history: [], k });
   }
 
   function changeMode(next) {
     setMode(next);
+    setUserIdError(null);
     if (next === 'anonymous') {
-      setQuery({ mode: next, history, k });
+      navigate({ mode: next, userId: null, history, k });
     } else {
-      setQuery(null);
-      setResult({ status: 'idle' });
+      // Back to the user typed before, if any; else the popular movies until one is entered.
+      navigate({ mode: next, userId: parseWholeNumber(userIdText), history: [], k });
     }
   }
 
   function changeK(nextK) {
     setK(nextK);
-    if (query) setQuery({ ...query, k: nextK });
+    navigate({ ...query, k: nextK });
   }
 
   function showHistory(nextHistory) {
     setHistory(nextHistory);
-    setQuery({ mode: 'anonymous', history: nextHistory, k });
+    navigate({ mode: 'anonymous', userId: null, history: nextHistory, k });
   }
 
   function moreLikeThis(item) {
@@ -161,6 +202,7 @@ export default function App() {
             Recommend
           </button>
         </form>
+        <LinkProblem problems={linkProblems} />
         {mode === 'anonymous' && (
           <HistoryBar
             history={history}
@@ -172,7 +214,7 @@ export default function App() {
           state={result}
           posterBaseUrl={(config ?? DEFAULT_CONFIG).posterBaseUrl}
           onMoreLikeThis={moreLikeThis}
-          onRetry={() => query && setQuery({ ...query })}
+          onRetry={() => setQuery({ ...query })}
         />
       </main>
     </>

@@ -135,9 +135,24 @@ async function readErrorMessage(res) {
 }
 
 /**
+ * The V1 instance for a query: a user, else a non-empty history, else the popular movies
+ * (`popular: true`, answered by the predictor's popularity fallback; it refuses an empty
+ * history as missing input).
+ *
+ * @param {{k: number, userId?: number | null, history?: number[]}} query
+ */
+export function predictInstance({ k, userId, history }) {
+  // display: ask the predictor for titles, posters, dates and ratings (opt-in, off by default)
+  if (userId !== undefined && userId !== null) return { user_id: userId, k, display: true };
+  if (history && history.length > 0) return { history, k, display: true };
+  return { popular: true, k, display: true };
+}
+
+/**
  * Ask the predictor for recommendations (KServe V1: `POST /v1/models/<name>:predict`).
  *
- * Exactly one of `userId` / `history` identifies the request. Resolves with the parsed first
+ * `userId`, else a non-empty `history`, identifies the request; with neither it asks for the
+ * popular movies (see `predictInstance`). Resolves with the parsed first
  * prediction plus the serving model version (from the body, else the `X-Model-Version`
  * header). Rejects with `PredictError` whose message is fit to show the user; an aborted
  * request rejects with the fetch's own `AbortError`.
@@ -146,11 +161,7 @@ async function readErrorMessage(res) {
  * @param {{fetch?: typeof fetch, signal?: AbortSignal}} [options]
  */
 export async function predict({ modelName, k, userId, history }, { fetch: fetchImpl = globalThis.fetch, signal } = {}) {
-  // display: ask the predictor for titles, posters, dates and ratings (opt-in, off by default)
-  const instance =
-    userId !== undefined && userId !== null
-      ? { user_id: userId, k, display: true }
-      : { history: history ?? [], k, display: true };
+  const instance = predictInstance({ k, userId, history });
   const url = `/v1/models/${encodeURIComponent(modelName)}:predict`;
   let res;
   try {

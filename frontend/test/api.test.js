@@ -23,6 +23,16 @@ describe('predict request', () => {
     expect(JSON.parse(fetch.mock.calls[0][1].body)).toEqual({ instances: [{ history: [550, 680], k: 6, display: true }] });
   });
 
+  it('asks for the popular movies when there is neither a user nor a history', async () => {
+    const fetch = fetchReturning(() => jsonResponse(predictBody({ fallback: true })));
+    await predict({ modelName: 'm', history: [], k: 12 }, { fetch });
+    await predict({ modelName: 'm', userId: null, k: 6 }, { fetch });
+    expect(fetch.mock.calls.map(([, init]) => JSON.parse(init.body).instances)).toEqual([
+      [{ popular: true, k: 12, display: true }],
+      [{ popular: true, k: 6, display: true }],
+    ]);
+  });
+
   it('sends user id 0 as a user id, not as an empty history', async () => {
     const fetch = fetchReturning(jsonResponse(predictBody()));
     await predict({ modelName: 'm', userId: 0, k: 6 }, { fetch });

@@ -31,15 +31,34 @@ export function predictBody({ version = '3', fallback = false, reason = null, it
   };
 }
 
+/** The predictor's rule for an instance (model_server/request.py), or null when it passes. */
+function refusal(instances) {
+  for (const [i, inst] of (instances ?? []).entries()) {
+    const hasUser = inst.user_id !== undefined && inst.user_id !== null;
+    const hasHistory = Array.isArray(inst.history) && inst.history.length > 0;
+    if (inst.popular === true && (hasUser || inst.history !== undefined)) {
+      return `instances[${i}] asks for popular movies: it takes no user_id or history`;
+    }
+    if (inst.popular !== true && !hasUser && !hasHistory) {
+      return `instances[${i}] needs a user_id, a non-empty history or popular: true`;
+    }
+  }
+  return null;
+}
+
 /**
- * Route `/config.json` and the predict URL to canned answers; record every call.
+ * Route `/config.json` and the predict URL to canned answers; record every call. A predict
+ * body the real predictor would refuse (an empty history, say) gets its 400, not the answer.
  *
  * @param {(init: RequestInit) => Response | Promise<Response>} onPredict
  */
 export function stubBackend(onPredict, { config = CONFIG } = {}) {
   const fetchMock = vi.fn(async (url, init = {}) => {
     if (url === '/config.json') return config ? jsonResponse(config) : new Response('not found', { status: 404 });
-    if (String(url).startsWith('/v1/models/')) return onPredict(init, url);
+    if (String(url).startsWith('/v1/models/')) {
+      const refused = refusal(JSON.parse(init.body).instances);
+      return refused ? jsonResponse({ error: refused }, { status: 400 }) : onPredict(init, url);
+    }
     throw new Error(`unexpected fetch ${url}`);
   });
   vi.stubGlobal('fetch', fetchMock);

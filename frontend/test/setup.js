@@ -3,3 +3,5 @@ import { afterEach } from 'vitest';
 
 // Vitest runs without globals, so Testing Library cannot register its own cleanup.
 afterEach(() => cleanup());
+// One jsdom window serves a whole test file: every test starts at `/` again.
+afterEach(() => window.history.replaceState(null, '', '/'));

@@ -372,6 +372,8 @@ def test_the_page_shows_recommendations_in_headless_chromium(
         / "interactions.parquet"
     )
     heavy_user = int(interactions.groupby("user_id").size().idxmax())
+    # movies the model knows that are not the very top of the popular list the page opens on
+    history = [int(i) for i in interactions["content_id"].value_counts().index[[10, 20]]]
     screenshot = tmp_path / "page.png"
     proc = subprocess.run(
         ["npm", "run", "--silent", "test:e2e"],
@@ -381,6 +383,7 @@ def test_the_page_shows_recommendations_in_headless_chromium(
             "BASE_URL": stack.settings.ingress_url,
             "SCREENSHOT": str(screenshot),
             "E2E_USER_ID": str(heavy_user),
+            "E2E_HISTORY": ",".join(map(str, history)),
             "CHROMIUM_PATH": chromium,
         },
         capture_output=True,
@@ -388,7 +391,9 @@ def test_the_page_shows_recommendations_in_headless_chromium(
         timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert screenshot.read_bytes()[:4] == b"\x89PNG"
+    # `/` (popular), `/?user=`, `/?history=`, an unknown user and `/?user=abc`, each in a picture
+    for name in ("page", "page-popular", "page-history", "page-fallback", "page-bad-link"):
+        assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG", name
     # the page asked the ingress for its runtime config and the sandbox served posters for it
     config = requests.get(f"{stack.settings.ingress_url}/config.json", timeout=5).json()
     assert config["posterBaseUrl"].startswith(f"http://127.0.0.1:{stack.settings.sandbox_port}")

@@ -197,6 +197,22 @@ def test_unknown_user_gets_popularity_fallback(
     assert prediction["content_ids"] == expected.content_ids.tolist()
 
 
+def test_popular_asks_for_the_popularity_ranking(
+    server: Server, reference: FittedRecommender
+) -> None:
+    response = server.predict([{"user_id": 10**9, "k": 6}, {"popular": True, "k": 6}])
+    assert response.status_code == 200, response.text
+    unknown, popular = response.json()["predictions"]
+    assert popular["fallback"] is True
+    assert popular["reason"] == "no user_id or history given: popularity ranking"
+    assert popular["content_ids"] == reference.recommend(k=6).content_ids.tolist()
+    assert popular["content_ids"] == unknown["content_ids"]  # the same ranking as the fallback
+    shown = server.predict([{"popular": True, "k": 3, "display": True}]).json()
+    items = shown["predictions"][0]["items"]
+    assert [item["content_id"] for item in items] == popular["content_ids"][:3]
+    assert all(item["title"] for item in items)
+
+
 def test_mixed_batch_keeps_order_k_and_exclusion(
     server: Server, reference: FittedRecommender
 ) -> None:
@@ -310,6 +326,13 @@ BAD_INPUT = [
     ("body not an object", b"[1, 2]", None, 400, "JSON object"),
     ("neither user nor history", b'{"instances": [{"k": 3}]}', None, 400, "instances[0] needs"),
     ("empty history", b'{"instances": [{"history": []}]}', None, 400, "instances[0] needs"),
+    (
+        "popular with a user",
+        b'{"instances": [{"popular": true, "user_id": 1}]}',
+        None,
+        400,
+        "instances[0] asks for popular movies",
+    ),
     (
         "k a string",
         f'{{"instances": [{_ONE}, {{"user_id": 1, "k": "5"}}]}}'.encode(),

@@ -11,7 +11,7 @@ export function formatScore(score) {
 export function MovieCard({ item, posterBaseUrl, onMoreLikeThis }) {
   const title = item.title ?? `Movie #${item.contentId}`;
   return (
-    <li className="card">
+    <li className="card" data-content-id={item.contentId}>
       <Poster posterBaseUrl={posterBaseUrl} posterPath={item.posterPath} title={title} contentId={item.contentId} />
       <div className="card-body">
         <h3 className="card-title">{title}</h3>

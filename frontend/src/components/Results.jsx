@@ -1,23 +1,36 @@
+import { isPopular } from '../url.js';
 import { FallbackNotice } from './FallbackNotice.jsx';
 import { MovieCard } from './MovieCard.jsx';
 import { VersionBadge } from './VersionBadge.jsx';
 
-function describe(query) {
-  if (query.mode === 'user') return `for user ${query.userId}`;
-  const n = query.history.length;
-  return n === 0 ? 'for a new visitor' : `based on ${n} movie${n === 1 ? '' : 's'} you picked`;
+function heading(query, n) {
+  if (isPopular(query)) return `${n} popular movie${n === 1 ? '' : 's'}`;
+  const what = `${n} recommendation${n === 1 ? '' : 's'}`;
+  if (query.mode === 'user') return `${what} for user ${query.userId}`;
+  const picked = query.history.length;
+  return `${what} based on ${picked} movie${picked === 1 ? '' : 's'} you picked`;
+}
+
+/** Says that the popular movies are the same for everyone, and how to get personal ones. */
+function PopularNote({ mode }) {
+  return (
+    <p className="popular-note" data-testid="popular-note">
+      Watched by the most people: the same list for everyone, not personalised.
+      {mode === 'user' && ' Enter a user id, or press “More like this” on a movie you like.'}
+    </p>
+  );
 }
 
 /**
- * Everything under the controls: idle prompt, loading skeleton, error, empty, or the grid.
+ * Everything under the controls: loading skeleton, error, empty, or the grid.
  *
- * @param {{state: {status: string, query?: any, data?: any, error?: string}, posterBaseUrl: string,
+ * The popular movies (a query with neither a user nor a history) are a view of their own,
+ * not a warning; an unknown user's fallback to the same list is.
+ *
+ * @param {{state: {status: string, query: any, data?: any, error?: string}, posterBaseUrl: string,
  *          onMoreLikeThis: (item: any) => void, onRetry: () => void}} props
  */
 export function Results({ state, posterBaseUrl, onMoreLikeThis, onRetry }) {
-  if (state.status === 'idle') {
-    return <p className="hint">Enter a user id and press Recommend, or switch to Anonymous.</p>;
-  }
   if (state.status === 'loading') {
     return (
       <div aria-busy="true">
@@ -47,15 +60,15 @@ export function Results({ state, posterBaseUrl, onMoreLikeThis, onRetry }) {
     );
   }
   const { data, query } = state;
+  const popular = isPopular(query);
   return (
     <section aria-labelledby="results-heading">
       <div className="results-header">
-        <h2 id="results-heading">
-          {data.items.length} recommendation{data.items.length === 1 ? '' : 's'} {describe(query)}
-        </h2>
+        <h2 id="results-heading">{heading(query, data.items.length)}</h2>
         <VersionBadge modelName={data.modelName} version={data.modelVersion} />
       </div>
-      {data.fallback && <FallbackNotice mode={query.mode} reason={data.reason} />}
+      {popular && <PopularNote mode={query.mode} />}
+      {data.fallback && !popular && <FallbackNotice mode={query.mode} reason={data.reason} />}
       {data.items.length === 0 ? (
         <p className="hint">No recommendations came back for this request.</p>
       ) : (
