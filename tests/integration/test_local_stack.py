@@ -359,12 +359,13 @@ def test_training_on_a_missing_or_unusable_snapshot_registers_nothing(
 
 
 def test_the_page_shows_recommendations_in_headless_chromium(
-    stack: Session, tmp_path: Path
+    stack: Session, versions: dict[str, str], tmp_path: Path
 ) -> None:
     chromium = shutil.which("chromium")
     node_modules = REPO_ROOT / "frontend" / "node_modules" / "playwright-core"
     if chromium is None or not node_modules.is_dir():
         pytest.skip("needs Debian's chromium and `npm ci` in frontend/ (make test installs both)")
+    serve_only(stack, versions["first"])
     interactions = pd.read_parquet(
         stack.data_dir
         / "features"
