@@ -499,6 +499,7 @@ class Controller:
                     "storageUri": r.storage_uri,
                     "url": r.url if r.ready else None,
                     "restarts": r.restarts,
+                    "pid": r.pid,
                     "message": r.message,
                 }
                 for r in self.revisions
