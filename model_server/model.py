@@ -153,6 +153,13 @@ class RecommenderModel(Model):
         self.ready = True
         return self.ready
 
+    def start(self) -> None:
+        """Nothing to start; unlike KServe's default this does not set ``ready``.
+
+        KServe calls ``start`` on every model it registers, and its default marks the model
+        ready whether or not it was loaded: readiness here means `load` succeeded.
+        """
+
     def get_input_types(self) -> list[dict[str, Any]]:
         """The V2 input tensors (`model_server.tensors.INPUTS`), for model metadata."""
         return input_types()

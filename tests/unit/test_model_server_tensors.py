@@ -1,18 +1,27 @@
 """The V2 tensor layout: what a REST or gRPC request becomes, what each error names, and the
-response tensors."""
+response tensors; and the model server's health while its model is not loaded."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from kserve import InferInput, InferRequest
+from kserve import InferInput, InferRequest, ModelRepository
+from kserve.errors import ServerNotLive
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.rest.v2_datamodels import InferenceRequest
+from prometheus_client import CollectorRegistry
 
 from model_server.errors import RequestError, TooManyInstancesError
+from model_server.metrics import Metrics
+from model_server.model import RecommenderModel
+from model_server.server import dataplane_class
 from model_server.tensors import TensorRequest, infer_response, parse_infer_request
+from pipelines.recommenders import EASE
+from pipelines.recommenders.synthetic import synthetic_interactions
 
 MODEL = "movie-recommender"
 
@@ -249,3 +258,38 @@ def test_response_tensors_pad_short_rankings() -> None:
     assert tensors["reason"][2].tolist() == ["", "unknown user 5"]
     only = infer_response(_request(3, ("fallback",)), predictions, MODEL, "7")
     assert [o.name for o in only.outputs] == ["fallback"]
+
+
+# -- health: live and ready only while the model is loaded ----------------------------------
+
+
+@pytest.fixture
+def artefact(tmp_path: Path) -> Path:
+    interactions, catalog = synthetic_interactions(
+        n_users=40, n_items=30, n_interactions=400, seed=5
+    )
+    directory = tmp_path / "model"
+    EASE(lambda_=10.0).fit(interactions, catalog).save(directory)
+    return directory
+
+
+def test_health_fails_while_the_model_is_not_loaded(artefact: Path) -> None:
+    model = RecommenderModel(MODEL, artefact, Metrics.create(CollectorRegistry()))
+    registry = ModelRepository()
+    registry.update(model)
+    plane = dataplane_class()(model_registry=registry)
+    model.start()  # what KServe calls on registration: it must not mark the model ready
+
+    assert asyncio.run(plane.ready()) is False
+    with pytest.raises(ServerNotLive, match=f"model not loaded: {MODEL}"):
+        asyncio.run(plane.live())
+
+    model.load()
+    assert asyncio.run(plane.ready()) is True
+    assert asyncio.run(plane.live()) == {"status": "alive"}
+    assert plane.metadata()["extensions"] == []  # no model-repository extension advertised
+
+    registry.unload(MODEL)
+    assert asyncio.run(plane.ready()) is False
+    with pytest.raises(ServerNotLive, match="no model registered"):
+        asyncio.run(plane.live())
