@@ -300,13 +300,15 @@ def _ended_on_sigterm() -> Iterator[None]:
     import mlflow
 
     def on_term(signum: int, _frame: Any) -> None:
+        # end it here: `start_run`'s own exit would record any exception as FAILED
+        if mlflow.active_run() is not None:
+            mlflow.end_run(status="KILLED")
         raise Terminated(signum)
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
         yield
     except Terminated:
-        mlflow.end_run(status="KILLED")
         log.error("terminated: the MLflow run was ended as KILLED; nothing was registered")
         raise SystemExit(143) from None
     finally:
