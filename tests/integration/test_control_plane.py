@@ -68,8 +68,8 @@ def test_a_killed_canary_is_restarted_while_the_stable_revision_serves(
         )
         time.sleep(0.5)
     assert load.codes[200] > 50
-    # a request in flight when the process died may fail; every later one goes to a ready one
-    assert load.failed <= 2, load.codes
+    # even the request in flight when it died is answered: resent to the stable revision
+    assert load.failed == 0, load.codes
     assert served_versions(stack, 40) == set(canary_at_50.values())
 
 
