@@ -3,12 +3,11 @@
 The MLflow server runs with its basic-auth app; every caller authenticates, and each component
 has its own identity with only the permissions it needs:
 
-| identity  | who                                | may                                           |
-|-----------|------------------------------------|-----------------------------------------------|
-| `trainer` | `pipelines.train`                  | edit the experiment and the registered model   |
-| `rollout` | `pipelines.rollout`                | read both; edit the registered model (aliases) |
-| `reader`  | the predictor (`models:/` URIs), `pipelines.lineage`, people | read both            |
-| `admin`   | `make up` (creates the others); the MLflow UI | everything                          |
+- ``trainer`` (`pipelines.train`): edits the experiment and the registered model;
+- ``rollout`` (`pipelines.rollout`): reads the experiment, manages the registered model (its
+  aliases are the deployment record; deleting an alias takes MLflow's MANAGE);
+- ``reader`` (the predictor's ``models:/`` URIs, `pipelines.lineage`, people): reads both;
+- ``admin`` (`make up`, which creates the others; the MLflow UI): everything.
 
 A credential comes from the environment (``MLFLOW_TRACKING_USERNAME`` /
 ``MLFLOW_TRACKING_PASSWORD``, which MLflow's client reads; in the cluster from a Secret). On one
@@ -69,9 +68,7 @@ def ensure(local_root: Path) -> dict[str, tuple[str, str]]:
     return found
 
 
-def use(
-    identity: str, local_root: Path, env: MutableMapping[str, str] | None = None
-) -> str | None:
+def use(identity: str, local_root: Path, env: MutableMapping[str, str] | None = None) -> str | None:
     """Put a local identity's credential into ``env`` (default: this process's environment)
     unless it already names one; returns the username in effect (None: no credential)."""
     target = os.environ if env is None else env

@@ -40,7 +40,7 @@ from typing import Annotated, Any
 import pandas as pd
 import typer
 
-from contracts import layout
+from contracts import credentials, layout
 from contracts.files import pid_alive
 from contracts.names import ARTIFACT_PATH, CHALLENGER, CHAMPION, EXPERIMENT_NAME, MODEL_NAME
 from contracts.names import QUALITY_GATE_TAG as GATE_TAG
@@ -444,7 +444,7 @@ def train(settings: TrainSettings) -> TrainResult:
     if not 0 <= settings.tolerance < 1:
         raise ConfigError(f"--tolerance must be in [0, 1), got {settings.tolerance}")
     uri = settings.tracking_uri
-    client = registry.connect(uri, settings.connect_retries)
+    client = registry.connect(uri, settings.connect_retries, identity=credentials.TRAINER)
     snapshot = load_features(settings.data_dir, settings.features_version)
     log.info("features %s: %d interactions, %d catalog rows", snapshot.version,
              len(snapshot.interactions), len(snapshot.catalog))  # fmt: skip

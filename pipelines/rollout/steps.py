@@ -13,6 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from contracts.credentials import ROLLOUT
 from contracts.inferenceservice import STEP_ANNOTATION, storage_uri
 from contracts.names import ARTIFACT_PATH, CHAMPION, MODEL_NAME, PREVIOUS
 from contracts.settings import LOCAL_ROOT, MLFLOW_TRACKING_URI
@@ -173,7 +174,7 @@ def canary(
                 raise ConfigError(f"annotation {STEP_ANNOTATION}={step!r} is not a number") from err
         if not 0 < percent <= 100:
             raise ConfigError(f"--percent must be in 1..100, got {percent}")
-        client = registry.connect(settings.tracking_uri, settings.connect_retries)
+        client = registry.connect(settings.tracking_uri, settings.connect_retries, identity=ROLLOUT)
         with registry.mlflow_errors(f"reading version {version}", settings.tracking_uri):
             mv = client.get_model_version(settings.model_name, version)
         _check_servable(settings, mv, force)
@@ -228,7 +229,7 @@ def promote(settings: RolloutSettings, backend: Backend) -> dict[str, Any]:
         percent = predictor.get("canaryTrafficPercent")
         if percent == 0:
             raise RolloutError("the canary was rolled back; start a new canary before promoting")
-        client = registry.connect(settings.tracking_uri, settings.connect_retries)
+        client = registry.connect(settings.tracking_uri, settings.connect_retries, identity=ROLLOUT)
         version = document.served_version(isvc)
         if percent is not None and percent < 100:
             problem = _canary_problem(status, int(percent))
@@ -262,7 +263,7 @@ def rollback(settings: RolloutSettings, backend: Backend) -> dict[str, Any]:
         if predictor.get("canaryTrafficPercent") not in (None, 100):
             predictor["canaryTrafficPercent"] = 0
             return _apply_and_wait(backend, isvc, settings.timeout)
-        client = registry.connect(settings.tracking_uri, settings.connect_retries)
+        client = registry.connect(settings.tracking_uri, settings.connect_retries, identity=ROLLOUT)
         served = document.served_version(isvc)
         with registry.mlflow_errors("reading the aliases", settings.tracking_uri):
             champion = registry.alias_version(client, settings.model_name, CHAMPION)

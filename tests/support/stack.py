@@ -18,6 +18,7 @@ from typing import Any
 import psutil
 import requests
 
+from contracts import credentials
 from contracts.names import MODEL_NAME as MODEL
 from localstack.processes import free_port
 from localstack.stack import StackSettings, down, up
@@ -80,11 +81,21 @@ def local_stack(root: Path) -> Iterator[Session]:
         TMDB_ACCESS_TOKEN="sandbox-token",
         TMDB_RATE_LIMIT="0",
     )
+    saved = {k: os.environ.get(k) for k in (credentials.USERNAME_ENV, credentials.PASSWORD_ENV)}
     try:
         up(settings)
+        # the test process reads MLflow as its admin; the CLIs it runs use their own identities
+        admin = credentials.read(settings.root, credentials.ADMIN)
+        assert admin is not None
+        os.environ[credentials.USERNAME_ENV], os.environ[credentials.PASSWORD_ENV] = admin
         yield Session(settings=settings, data_dir=root / "data", env=env)
     finally:
         down(settings)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def registered_version(stdout: str) -> str:
