@@ -18,6 +18,7 @@ API_VERSION = f"{KSERVE_GROUP}/{KSERVE_VERSION}"
 CONTAINER = "kserve-container"
 STORAGE_URI_ENV = "STORAGE_URI"
 MODEL_VERSION_ENV = "MODEL_VERSION"
+MODEL_DIGEST_ENV = "MODEL_DIGEST"  # the artefact digest recorded at registration
 # Set per overlay (dev 50, staging 10, prod 5); the local stack is the dev overlay's twin.
 STEP_ANNOTATION = "movie-mlops.io/canary-step-percent"
 LOCAL_STEP_PERCENT = 50

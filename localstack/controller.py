@@ -44,6 +44,7 @@ import aiohttp
 
 from contracts.files import atomic_write_json, pid_alive
 from contracts.inferenceservice import (
+    MODEL_DIGEST_ENV,
     MODEL_VERSION_ENV,
     STORAGE_URI_ENV,
     container_env,
@@ -81,6 +82,7 @@ class Revision:
     model_name: str
     model_version: str | None
     storage_uri: str
+    digest: str | None = None  # MODEL_DIGEST: the predictor refuses other files
     ever_ready: bool = False  # Knative's "latest ready" is sticky: pods restart, it stays
     state: RevisionState = RevisionState.STOPPED
     message: str = ""
@@ -109,6 +111,7 @@ class Revision:
             "template_hash": self.template_hash,
             "model_version": self.model_version,
             "storage_uri": self.storage_uri,
+            "digest": self.digest,
             "ever_ready": self.ever_ready,
             "failed": self.state is RevisionState.FAILED,
             "message": self.message if self.state is RevisionState.FAILED else "",
@@ -201,6 +204,7 @@ class Controller:
                 model_name=state.get("isvc_name", self.isvc_name),
                 model_version=item.get("model_version"),
                 storage_uri=item.get("storage_uri", ""),
+                digest=item.get("digest"),
                 ever_ready=bool(item.get("ever_ready")),
             )
             if item.get("failed"):
@@ -250,6 +254,7 @@ class Controller:
             model_name=self.isvc_name,
             model_version=env.get(MODEL_VERSION_ENV),
             storage_uri=env.get(STORAGE_URI_ENV, ""),
+            digest=env.get(MODEL_DIGEST_ENV) or None,
         )
 
     # -- supervision (the kubelet's part) ----------------------------------------------
@@ -270,6 +275,7 @@ class Controller:
         ]  # fmt: skip
         extra = {
             MODEL_VERSION_ENV: revision.model_version or "",
+            MODEL_DIGEST_ENV: revision.digest or "",
             MLFLOW_TRACKING_URI.name: self.mlflow_url,
         }
         revision.process = spawn(argv, log_file=revision.log_file, env=extra, die_with_parent=True)

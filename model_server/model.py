@@ -59,7 +59,7 @@ from model_server.tensors import (
     parse_infer_request,
 )
 from recommenders import FittedRecommender, Recommendation, load
-from recommenders.artifact import CHECKSUMS
+from recommenders.artifact import CHECKSUMS, verify_digest
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +123,11 @@ class RecommenderModel(Model):
         model_dir: str | Path,
         metrics: Metrics,
         version: str | None = None,
+        digest: str | None = None,
     ) -> None:
         super().__init__(name, return_response_headers=True)
         self.model_dir = Path(model_dir)
+        self.digest = digest  # when given, the artefact must have exactly this digest
         self.metrics = metrics
         self.version = version or ""
         self._requested_version = version
@@ -138,9 +140,12 @@ class RecommenderModel(Model):
         """Read and verify the artefact; ``ready`` only when that succeeded.
 
         Raises `recommenders.errors.ArtifactError` (or its subclass
-        `ArtifactCorruptError`) for a missing, unreadable or corrupt artefact.
+        `ArtifactCorruptError`) for a missing, unreadable or corrupt artefact, and for one whose
+        files are not those registered (``digest``, from ``MODEL_DIGEST``).
         """
         self.ready = False
+        if self.digest is not None:
+            verify_digest(self.model_dir, self.digest)
         recommender = load(self.model_dir, verify=True)
         self.version = self._requested_version or artifact_version(self.model_dir, recommender)
         self._display = _display_lookup(recommender)

@@ -470,6 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             source.directory,
             metrics,
             version=settings.model_version or source.version,
+            digest=settings.model_digest,
         )
         model.load()
     except (ModelSourceError, ArtifactError) as err:

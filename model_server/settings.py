@@ -48,7 +48,13 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from contracts.settings import MLFLOW_TRACKING_URI, MODEL_NAME, MODEL_SERVER_HOST, MODEL_VERSION
+from contracts.settings import (
+    MLFLOW_TRACKING_URI,
+    MODEL_DIGEST,
+    MODEL_NAME,
+    MODEL_SERVER_HOST,
+    MODEL_VERSION,
+)
 
 DEFAULT_MODEL_DIR = Path("/mnt/models")
 
@@ -69,6 +75,7 @@ class Settings:
     model_dir: Path | None
     model_uri: str | None
     model_version: str | None
+    model_digest: str | None  # the artefact must have exactly this digest (MODEL_DIGEST)
     host: str
     http_port: int
     grpc_port: int
@@ -114,6 +121,11 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         help="version to report (env MODEL_VERSION; else from --model_uri or the artefact)",
     )
     parser.add_argument(
+        "--model_digest",
+        default=MODEL_DIGEST.get(environ) or None,
+        help="refuse to serve unless the artefact's digest is this (env MODEL_DIGEST)",
+    )
+    parser.add_argument(
         "--host",
         default=MODEL_SERVER_HOST.get(environ),
         help="address the HTTP and gRPC servers bind (env MODEL_SERVER_HOST); 0.0.0.0 in a pod",
@@ -157,6 +169,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         model_dir=model_dir,
         model_uri=args.model_uri,
         model_version=args.model_version,
+        model_digest=args.model_digest,
         host=args.host,
         http_port=args.http_port,
         grpc_port=args.grpc_port,

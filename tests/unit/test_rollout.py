@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from contracts.names import CHALLENGER, CHAMPION, PREVIOUS
+from contracts.names import CHALLENGER, CHAMPION, DIGEST_TAG, PREVIOUS
 from pipelines import registry
 from pipelines.errors import ConfigError, RolloutError
 from pipelines.rollout import RolloutSettings, canary, promote, rollback
@@ -50,7 +50,7 @@ class Registry:
             self.name,
             f"runs:/{run.info.run_id}/model",
             run_id=run.info.run_id,
-            tags={"quality_gate": gate, **tags},
+            tags={"quality_gate": gate, DIGEST_TAG: f"sha256:{run.info.run_id}", **tags},
         )
         if gate == "passed":
             self.client.set_registered_model_alias(self.name, CHALLENGER, mv.version)
@@ -250,3 +250,26 @@ def test_promote_twice_is_harmless(reg, settings, backend) -> None:
     promote(settings, backend)  # a rerun after success: nothing to do, nothing breaks
     assert backend.served() == {v2: 100}
     assert (reg.alias(CHAMPION), reg.alias(PREVIOUS)) == (v2, v1)
+
+
+def test_the_digest_recorded_at_registration_goes_into_the_inferenceservice(
+    reg, settings, backend
+) -> None:
+    v1 = reg.register()
+    canary(settings, backend, v1)
+    env = {
+        e["name"]: e["value"] for e in backend.get()["spec"]["predictor"]["containers"][0]["env"]
+    }
+    assert env["MODEL_DIGEST"] == reg.client.get_model_version(reg.name, v1).tags[DIGEST_TAG]
+
+
+def test_a_version_without_a_recorded_digest_is_refused_unless_forced(
+    reg, settings, backend
+) -> None:
+    v1 = reg.register()
+    reg.client.delete_model_version_tag(reg.name, v1, DIGEST_TAG)
+    with pytest.raises(RolloutError, match="no recorded artefact digest"):
+        canary(settings, backend, v1)
+    canary(settings, backend, v1, force=True)
+    env = backend.get()["spec"]["predictor"]["containers"][0]["env"]
+    assert "MODEL_DIGEST" not in {e["name"] for e in env}
