@@ -29,6 +29,12 @@ PASSWORD_ENV = "MLFLOW_TRACKING_PASSWORD"
 
 ADMIN, TRAINER, ROLLOUT, READER = "admin", "trainer", "rollout", "reader"
 IDENTITIES = (ADMIN, TRAINER, ROLLOUT, READER)
+# where `python -m pipelines.registry provision` finds each user's password (a Secret's key)
+PASSWORD_ENV_OF = {
+    TRAINER: "MLFLOW_TRAINER_PASSWORD",
+    ROLLOUT: "MLFLOW_ROLLOUT_PASSWORD",
+    READER: "MLFLOW_READER_PASSWORD",
+}
 
 
 def secrets_dir(local_root: Path) -> Path:

@@ -155,6 +155,15 @@ def template_hash(predictor: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _last_line(log_file: Path | None) -> str:
+    """The last line a revision logged (why it exited), shortened."""
+    try:
+        lines = [ln for ln in log_file.read_text(errors="replace").splitlines() if ln.strip()]
+    except (AttributeError, OSError):
+        return ""
+    return lines[-1][-300:] if lines else ""
+
+
 def _is_model_server(pid: int) -> bool:
     try:
         return b"model_server" in Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -310,9 +319,10 @@ class Controller:
         revision.state = RevisionState.UNREADY
         revision.restarts += 1
         revision.next_start = time.monotonic() + revision.backoff
+        last = _last_line(revision.log_file)
         revision.message = (
             f"{why}{'' if code is None else f' (exit {code})'}; restart {revision.restarts} "
-            f"in {revision.backoff:.0f} s; see {revision.log_file}"
+            f"in {revision.backoff:.0f} s{f': {last}' if last else ''}"
         )
         log.error("revision %s: %s", revision.name, revision.message)
         revision.backoff = min(revision.backoff * 2, BACKOFF_MAX)
@@ -333,9 +343,8 @@ class Controller:
             else:
                 code = revision.process.returncode if revision.process is not None else None
                 revision.state = RevisionState.FAILED
-                revision.message = (
-                    f"model server exited with {code} before it was ready; see {revision.log_file}"
-                )
+                last = _last_line(revision.log_file) or f"see {revision.log_file}"
+                revision.message = f"model server exited with {code} before it was ready: {last}"
                 revision.process, revision.pid = None, None
                 log.error("revision %s failed: %s", revision.name, revision.message)
             return

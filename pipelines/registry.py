@@ -363,7 +363,7 @@ def main() -> None:
         def users() -> dict[str, tuple[str, str]]:
             found = {}
             for identity in PERMISSIONS:
-                password = os.environ.get(f"MLFLOW_{identity.upper()}_PASSWORD")
+                password = os.environ.get(credentials.PASSWORD_ENV_OF[identity])
                 local = credentials.read(LOCAL_ROOT.path(), identity)
                 if password:
                     found[identity] = (identity, password)
