@@ -48,6 +48,18 @@ def _kill_and_recover(stack: Session, version: str) -> tuple[float, float]:
     return noticed, time.monotonic() - started
 
 
+def _kill_under_load(stack: Session, version: str, what: str) -> None:
+    """Print the requests lost to a ``kill -9`` of ``version``'s revision under load."""
+    with Load(stack) as load:
+        time.sleep(1.0)
+        noticed, recovered = _kill_and_recover(stack, version)
+        time.sleep(1.0)
+    total = sum(load.codes.values())
+    print(f"kill -9 of {what}: {load.failed} of {total} requests failed (codes {dict(load.codes)})")
+    print(f"kill -9 of {what}: reported not ready after {noticed:.1f} s, "
+          f"serving again after {recovered:.1f} s")  # fmt: skip
+
+
 def run() -> None:
     with (
         tempfile.TemporaryDirectory(prefix="bench-control-") as tmp,
@@ -58,26 +70,9 @@ def run() -> None:
 
         serve_only(stack, first)
         stack.run("pipelines.rollout", "canary", "--version", second, "--percent", "50")
-        with Load(stack) as load:
-            time.sleep(1.0)
-            noticed, recovered = _kill_and_recover(stack, second)
-            time.sleep(1.0)
-        total = sum(load.codes.values())
-        print(f"kill -9 of the canary (50 %): {load.failed} of {total} requests failed "
-              f"(codes {dict(load.codes)})")  # fmt: skip
-        print(f"kill -9 of the canary: reported not ready after {noticed:.1f} s, "
-              f"ready again after {recovered:.1f} s")  # fmt: skip
-
+        _kill_under_load(stack, second, "the canary (50 %)")
         serve_only(stack, first)
-        with Load(stack) as load:
-            time.sleep(1.0)
-            noticed, recovered = _kill_and_recover(stack, first)
-            time.sleep(1.0)
-        total = sum(load.codes.values())
-        print(f"kill -9 of the only revision: {load.failed} of {total} requests failed "
-              f"(codes {dict(load.codes)})")  # fmt: skip
-        print(f"kill -9 of the only revision: reported not ready after {noticed:.1f} s, "
-              f"serving again after {recovered:.1f} s")  # fmt: skip
+        _kill_under_load(stack, first, "the only revision")
 
         stack.run("pipelines.rollout", "canary", "--version", second, "--percent", "50")
         down(stack.settings)

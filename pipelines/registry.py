@@ -333,9 +333,24 @@ def provision(
                 if err.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
                 auth.update_user_password(username, password)
-            auth.grant_user_permission(username, "experiment", experiment_id, experiment_permission)
-            auth.grant_user_permission(username, "registered_model", model, model_permission)
+            _grant(auth, username, "experiment", experiment_id, experiment_permission)
+            _grant(auth, username, "registered_model", model, model_permission)
     log.info("MLflow users %s provisioned", ", ".join(u for u, _ in users.values()))
+
+
+def _grant(auth: Any, username: str, resource_type: str, resource_id: str, permission: str) -> None:
+    """Exactly ``permission`` on one resource (a different existing grant is replaced)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        auth.grant_user_permission(username, resource_type, resource_id, permission)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        current = auth.get_user_permission(username, resource_type, resource_id).permission
+        if current != permission:
+            auth.revoke_user_permission(username, resource_type, resource_id)
+            auth.grant_user_permission(username, resource_type, resource_id, permission)
 
 
 def main() -> None:

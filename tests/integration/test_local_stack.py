@@ -54,10 +54,27 @@ def test_only_loopback_listens(stack: Session) -> None:
         assert set(addresses) == {"127.0.0.1"}, addresses
 
 
-def test_before_any_rollout_predict_says_what_to_do(stack: Session) -> None:
-    response = stack.predict([{"user_id": 1}])
-    assert response.status_code == 503
-    assert "pipelines.rollout canary" in response.json()["error"]
+def test_before_any_rollout_predict_says_what_to_do(stack: Session, tmp_path: Path) -> None:
+    # a fresh ingress over an empty state directory: nothing deployed yet
+    port = free_port()
+    log_file = tmp_path / "ingress.log"
+    proc = spawn(
+        [sys.executable, "-m", "localstack.ingress", "--port", str(port),
+         "--root", str(tmp_path / ".local"), "--mlflow-url", stack.settings.mlflow_url],
+        log_file=log_file,
+    )  # fmt: skip
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/healthz", timeout=60, process=proc,
+                     log_file=log_file)  # fmt: skip
+        response = requests.post(
+            f"http://127.0.0.1:{port}/v1/models/{MODEL}:predict",
+            json={"instances": [{"user_id": 1}]},
+            timeout=10,
+        )
+        assert response.status_code == 503
+        assert "pipelines.rollout canary" in response.json()["error"]
+    finally:
+        stop_group(proc.pid)
 
 
 def test_crawl_features_train_registers_the_first_version_as_champion(
