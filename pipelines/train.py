@@ -248,7 +248,10 @@ def log_run(
     from recommenders.pyfunc import ARTIFACT_KEY, MODEL_CODE, requirements, signature
 
     sha = fitted.final.trained_on["git_sha"]
-    with mlflow.start_run(run_name=f"{settings.model}-{snapshot.version}") as run:
+    # the trainer's pid and host go in with the run's creation: a run killed at any moment
+    # can be recognised as stale by the next train (`close_stale_runs`)
+    trainer = {TRAINER_PID_TAG: str(os.getpid()), TRAINER_HOST_TAG: socket.gethostname()}
+    with mlflow.start_run(run_name=f"{settings.model}-{snapshot.version}", tags=trainer) as run:
         mlflow.log_params(
             {
                 "model": settings.model,
@@ -263,8 +266,6 @@ def log_run(
         )
         mlflow.set_tags(
             {
-                TRAINER_PID_TAG: str(os.getpid()),
-                TRAINER_HOST_TAG: socket.gethostname(),
                 "features_version": snapshot.version,
                 "features_manifest_sha256": snapshot.manifest_sha256,
                 "features_source": json.dumps(snapshot.source, sort_keys=True),
