@@ -175,7 +175,9 @@ def test_a_manifest_must_cover_every_file_of_its_snapshot(tmp_path):
     extra = tmp_path / "snap-1" / "sub" / "planted.bin"
     extra.write_bytes(b"not in the manifest")
 
-    with pytest.raises(SnapshotCorruptError, match=re.escape(f"{extra} is in the snapshot but not in")):
+    with pytest.raises(
+        SnapshotCorruptError, match=re.escape(f"{extra} is in the snapshot but not in")
+    ):
         store.verify("snap-1")
     assert store.list()[0].problem is not None
     extra.unlink()
