@@ -122,3 +122,23 @@ def test_duplicate_pairs_merge_like_the_per_pair_reference() -> None:
     train, test, _ = split_holdout(frame, seed=1, protocol=SplitProtocol.RANDOM)
     assert len(train) + len(test) == len(merged)
     assert not train.duplicated(["user_id", "content_id"]).any()
+
+
+@pytest.mark.parametrize("ids", ["negative", "naive timestamps", "integer ratings"])
+def test_duplicate_merge_takes_any_ids_and_dtypes(ids: str) -> None:
+    rng = np.random.default_rng(2)
+    n = 800
+    frame = pd.DataFrame(
+        {
+            "user_id": rng.integers(-50, 50, n) if ids == "negative" else rng.integers(0, 100, n),
+            "content_id": rng.integers(0, 20, n),
+            "watch_seconds": np.where(rng.random(n) < 0.3, np.nan, rng.uniform(0, 7200, n)),
+            "rating": rng.integers(1, 11, n)
+            if ids == "integer ratings"
+            else np.where(rng.random(n) < 0.3, np.nan, rng.integers(1, 11, n)).astype(float),
+            "timestamp": pd.to_datetime(
+                rng.integers(0, 10**6, n), unit="s", utc=ids != "naive timestamps"
+            ),
+        }
+    )
+    pd.testing.assert_frame_equal(_merge_duplicates(frame), _merge_one_pair_at_a_time(frame))
