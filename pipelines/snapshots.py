@@ -282,7 +282,7 @@ class SnapshotStore:
         except OSError as err:
             if is_storage_failure(err):
                 raise StorageError.from_os_error(
-                    err, pointer, what=f"{pointer} was left as it was (not moved to {snapshot_id})"
+                    err, pointer, what=f"latest was left as it was, not moved to {snapshot_id}"
                 ) from err
             raise
         log.info("%s/latest -> %s", self.root, snapshot_id)

@@ -219,7 +219,10 @@ def test_moving_latest_on_a_full_disk_leaves_no_temporary_file(small_disk, tmp_p
     assert proc.returncode == 12, proc.stderr
     lines = error_lines(proc.stderr)
     assert len(lines) == 1 and "disk full writing" in lines[0] and "latest" in lines[0]
-    assert "was left as it was" in lines[0] and "Traceback" not in proc.stderr
+    assert (
+        f"latest was left as it was, not moved to {first.version}" in lines[0]
+        and "Traceback" not in proc.stderr
+    )
     assert leftovers(small_disk) == []
     assert SnapshotStore(data_dir / "features").latest_id() == second.version
 
