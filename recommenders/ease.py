@@ -68,6 +68,24 @@ _BLOCK_BYTES = 64 << 20
 THREADED_LAPACK_MAX_ITEMS = 16_384
 
 
+# From this many items on, the inverse's expected duration is logged before it starts.
+_ETA_MIN_ITEMS = 8192
+
+
+def _lapack_flops_per_s(n: int = 2048) -> float:
+    """spotrf + spotri rate (n³ flops in all) on a small matrix, with the current BLAS threads.
+
+    After a warm-up call (thread start-up); a small matrix runs below a large one's rate, so the
+    estimate errs on the long side (measured: within 3x on a busy 2-core machine).
+    """
+    for size in (256, n):
+        a = np.eye(size, dtype=np.float32, order="F") * size + 1.0
+        started = time.perf_counter()
+        chol, _ = lapack.spotrf(a, lower=0, overwrite_a=1, clean=0)
+        lapack.spotri(chol, lower=0, overwrite_c=1)
+    return n**3 / max(time.perf_counter() - started, 1e-9)
+
+
 def fit_memory_bytes(n_items: int, neighbours: int) -> int:
     """Bytes an EASE fit on ``n_items`` allocates beyond its input matrix.
 
@@ -137,11 +155,15 @@ def ease_weights(
                 f"{THREADED_LAPACK_MAX_ITEMS})"
             )
         threads = "1 BLAS thread" if single_threaded else "threaded BLAS"
-        log.info("EASE: Cholesky factorisation of %d x %d (%s)", n, n, threads)
+        # LAPACK reports no progress: say up front how long it should take
+        eta = n**3 / _lapack_flops_per_s() if n >= _ETA_MIN_ITEMS else None
+        log.info("EASE: Cholesky factorisation and inverse of %d x %d (%s)%s", n, n, threads,
+                 f", roughly {eta / 60:.0f} min" if eta is not None else "")  # fmt: skip
         chol, info = lapack.spotrf(gram, lower=0, overwrite_a=1, clean=0)
         if info != 0:
             raise TrainingDataError(f"EASE Gram matrix is not positive definite (info={info})")
-        log.info("EASE: factorised in %.1f s; inverting", time.perf_counter() - started)
+        log.info("EASE: factorised in %.1f s; inverting (about twice as long)",
+                 time.perf_counter() - started)  # fmt: skip
         inv, info = lapack.spotri(chol, lower=0, overwrite_c=1)
         if info != 0:
             raise TrainingDataError(f"EASE inverse failed (info={info})")
