@@ -18,6 +18,7 @@ API_VERSION = f"{KSERVE_GROUP}/{KSERVE_VERSION}"
 CONTAINER = "kserve-container"
 STORAGE_URI_ENV = "STORAGE_URI"
 MODEL_VERSION_ENV = "MODEL_VERSION"
+MODEL_DIGEST_ENV = "MODEL_DIGEST"  # the artefact digest recorded at registration
 # Set per overlay (dev 50, staging 10, prod 5); the local stack is the dev overlay's twin.
 STEP_ANNOTATION = "movie-mlops.io/canary-step-percent"
 LOCAL_STEP_PERCENT = 50
@@ -62,10 +63,11 @@ def container_env(container: dict[str, Any]) -> dict[str, str]:
 def traffic_table(status: dict[str, Any]) -> str:
     """The predictor's traffic entries of an InferenceService status, one line each."""
     predictor = (status.get("components") or {}).get("predictor") or {}
-    rows = [f"  {'revision':<40} {'percent':>7}  {'tag':<7} version"]
+    rows = [f"  {'revision':<40} {'percent':>7}  {'tag':<7} {'version':<8} ready"]
     for t in predictor.get("traffic") or []:
+        ready = {True: "yes", False: "NO"}.get(t.get("ready"), "")
         rows.append(
             f"  {t.get('revisionName', '?'):<40} {t.get('percent', 0):>6}%  "
-            f"{t.get('tag') or '':<7} {t.get('modelVersion') or ''}"
+            f"{t.get('tag') or '':<7} {t.get('modelVersion') or '':<8} {ready}"
         )
     return "\n".join(rows)

@@ -18,5 +18,10 @@ CHALLENGER = "challenger"  # passed the gate, not (yet) promoted
 # Tag on a model version: "passed" or "failed", written by training's quality gate.
 QUALITY_GATE_TAG = "quality_gate"
 
+# Tag on a model version: `recommenders.artifact.artifact_digest` of its numpy artefact, written
+# at registration; the InferenceService carries it (MODEL_DIGEST) and the predictor refuses an
+# artefact that does not match it.
+DIGEST_TAG = "artifact_digest"
+
 # Every predictor response names the version that answered.
 VERSION_HEADER = "X-Model-Version"

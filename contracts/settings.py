@@ -47,4 +47,5 @@ MLFLOW_TRACKING_URI = EnvVar(
 )
 MODEL_NAME = EnvVar("MODEL_NAME", _MODEL_NAME, "registered model name")
 MODEL_VERSION = EnvVar("MODEL_VERSION", "", "version the predictor reports")
+MODEL_DIGEST = EnvVar("MODEL_DIGEST", "", "artefact digest the predictor must find")
 MODEL_SERVER_HOST = EnvVar("MODEL_SERVER_HOST", LOOPBACK, "address the predictor binds")

@@ -54,9 +54,18 @@ def status_() -> None:
     report = status(_settings())
     for name, pid in report["services"].items():
         typer.echo(f"  {name:<8} {f'running (pid {pid})' if pid else 'stopped'}")
-    isvc = report["inferenceservice"]
-    if isvc and report["services"]["ingress"]:
-        typer.echo(traffic_table(isvc["status"]))
+    observed = (report["inferenceservice"] or {}).get("status") or {}
+    if not report["services"]["ingress"]:
+        typer.echo("the local stack is down: no traffic is served (start it with `make up`)")
+        raise typer.Exit(1)
+    if "components" not in observed:
+        typer.echo("no InferenceService yet: `python -m pipelines.rollout canary --version N`")
+        return
+    typer.echo(traffic_table(observed))
+    for revision in observed.get("revisions", []):
+        if revision["state"] not in ("Ready", "Stopped"):
+            note = f" — {revision['message']}" if revision.get("message") else ""
+            typer.echo(f"  {revision['name']}: {revision['state']}{note}")
 
 
 @app.command("predict")

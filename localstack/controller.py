@@ -44,6 +44,7 @@ import aiohttp
 
 from contracts.files import atomic_write_json, pid_alive
 from contracts.inferenceservice import (
+    MODEL_DIGEST_ENV,
     MODEL_VERSION_ENV,
     STORAGE_URI_ENV,
     container_env,
@@ -81,6 +82,7 @@ class Revision:
     model_name: str
     model_version: str | None
     storage_uri: str
+    digest: str | None = None  # MODEL_DIGEST: the predictor refuses other files
     ever_ready: bool = False  # Knative's "latest ready" is sticky: pods restart, it stays
     state: RevisionState = RevisionState.STOPPED
     message: str = ""
@@ -109,6 +111,7 @@ class Revision:
             "template_hash": self.template_hash,
             "model_version": self.model_version,
             "storage_uri": self.storage_uri,
+            "digest": self.digest,
             "ever_ready": self.ever_ready,
             "failed": self.state is RevisionState.FAILED,
             "message": self.message if self.state is RevisionState.FAILED else "",
@@ -150,6 +153,15 @@ def template_hash(predictor: dict[str, Any]) -> str:
         if k not in {"canaryTrafficPercent", "minReplicas", "maxReplicas", "scaleTarget"}
     }
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _last_line(log_file: Path | None) -> str:
+    """The last line a revision logged (why it exited), shortened."""
+    try:
+        lines = [ln for ln in log_file.read_text(errors="replace").splitlines() if ln.strip()]
+    except (AttributeError, OSError):
+        return ""
+    return lines[-1][-300:] if lines else ""
 
 
 def _is_model_server(pid: int) -> bool:
@@ -201,6 +213,7 @@ class Controller:
                 model_name=state.get("isvc_name", self.isvc_name),
                 model_version=item.get("model_version"),
                 storage_uri=item.get("storage_uri", ""),
+                digest=item.get("digest"),
                 ever_ready=bool(item.get("ever_ready")),
             )
             if item.get("failed"):
@@ -250,6 +263,7 @@ class Controller:
             model_name=self.isvc_name,
             model_version=env.get(MODEL_VERSION_ENV),
             storage_uri=env.get(STORAGE_URI_ENV, ""),
+            digest=env.get(MODEL_DIGEST_ENV) or None,
         )
 
     # -- supervision (the kubelet's part) ----------------------------------------------
@@ -270,6 +284,7 @@ class Controller:
         ]  # fmt: skip
         extra = {
             MODEL_VERSION_ENV: revision.model_version or "",
+            MODEL_DIGEST_ENV: revision.digest or "",
             MLFLOW_TRACKING_URI.name: self.mlflow_url,
         }
         revision.process = spawn(argv, log_file=revision.log_file, env=extra, die_with_parent=True)
@@ -304,9 +319,10 @@ class Controller:
         revision.state = RevisionState.UNREADY
         revision.restarts += 1
         revision.next_start = time.monotonic() + revision.backoff
+        last = _last_line(revision.log_file)
         revision.message = (
             f"{why}{'' if code is None else f' (exit {code})'}; restart {revision.restarts} "
-            f"in {revision.backoff:.0f} s; see {revision.log_file}"
+            f"in {revision.backoff:.0f} s{f': {last}' if last else ''}"
         )
         log.error("revision %s: %s", revision.name, revision.message)
         revision.backoff = min(revision.backoff * 2, BACKOFF_MAX)
@@ -327,9 +343,8 @@ class Controller:
             else:
                 code = revision.process.returncode if revision.process is not None else None
                 revision.state = RevisionState.FAILED
-                revision.message = (
-                    f"model server exited with {code} before it was ready; see {revision.log_file}"
-                )
+                last = _last_line(revision.log_file) or f"see {revision.log_file}"
+                revision.message = f"model server exited with {code} before it was ready: {last}"
                 revision.process, revision.pid = None, None
                 log.error("revision %s failed: %s", revision.name, revision.message)
             return
@@ -499,6 +514,7 @@ class Controller:
                     "storageUri": r.storage_uri,
                     "url": r.url if r.ready else None,
                     "restarts": r.restarts,
+                    "pid": r.pid,
                     "message": r.message,
                 }
                 for r in self.revisions

@@ -92,8 +92,11 @@ def build_app(controller: Controller, frontend_dist: Path, poster_base_url: str)
                         k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS
                     }
                 break
-            except aiohttp.ClientConnectorError:
-                # nothing reached the revision (it died): the request can go to another one
+            except aiohttp.ServerTimeoutError as err:
+                return _json_error(504, f"revision {revision.name} did not answer in time: {err}")
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError):
+                # the revision died before answering: a prediction is a pure function of the
+                # request and the immutable artefact, so another ready revision can answer it
                 controller.mark_unreachable(revision)
                 tried.add(revision.name)
             except aiohttp.ClientError as err:

@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import secrets
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from contracts import credentials
 from contracts.layout import StackLayout
 from contracts.settings import INGRESS_PORT, LOCAL_ROOT, LOOPBACK, MLFLOW_PORT, SANDBOX_PORT
 from localstack.processes import (
@@ -128,8 +132,9 @@ def _argv(settings: StackSettings, name: str) -> tuple[list[str], dict[str, str]
             "--artifacts-destination", str(settings.artifacts_dir.resolve()),
             "--workers", "1",
         ]  # fmt: skip
+        argv[4:4] = ["--app-name", "basic-auth"]  # every call authenticated (contracts.credentials)
         # lean: one worker, no server-side job runner
-        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **_auth_env(settings)}
         return argv, env, f"{settings.mlflow_url}/health", 120.0
     if name == "sandbox":
         argv = [
@@ -151,6 +156,56 @@ def _argv(settings: StackSettings, name: str) -> tuple[list[str], dict[str, str]
         ]  # fmt: skip
         return argv, {}, f"{settings.ingress_url}/healthz", 60.0
     raise ValueError(f"unknown service {name!r}")
+
+
+def _auth_env(settings: StackSettings) -> dict[str, str]:
+    """MLflow's basic-auth app: its config (no secret in it) and the admin's first password.
+
+    The credentials are generated on first start (`contracts.credentials.ensure`, mode 0600)
+    and reach the server through its environment only.
+    """
+    users = credentials.ensure(settings.root)
+    secret = credentials.secrets_dir(settings.root) / "mlflow-flask-secret"
+    if not secret.is_file():
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32))
+    config = settings.mlflow_dir / "basic_auth.ini"
+    config.write_text(
+        "[mlflow]\n"
+        "default_permission = NO_PERMISSIONS\n"
+        f"database_uri = sqlite:///{(settings.mlflow_dir / 'auth.db').resolve()}\n"
+        f"admin_username = {users[credentials.ADMIN][0]}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    return {
+        "MLFLOW_AUTH_CONFIG_PATH": str(config.resolve()),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": users[credentials.ADMIN][1],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secret.read_text().strip(),
+    }
+
+
+def provision_mlflow(settings: StackSettings) -> None:
+    """Create the stages' MLflow users and permissions (`python -m pipelines.registry`)."""
+    admin = credentials.read(settings.root, credentials.ADMIN)
+    if admin is None:
+        raise ProcessError(f"no MLflow admin credential under {settings.root}")
+    env = {
+        credentials.USERNAME_ENV: admin[0],
+        credentials.PASSWORD_ENV: admin[1],
+        "MLFLOW_TRACKING_URI": settings.mlflow_url,
+        "LOCAL_ROOT": str(settings.root),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.registry", "provision"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise ProcessError(f"provisioning MLflow users failed: {proc.stderr.strip()[-2000:]}")
 
 
 def _port(settings: StackSettings, name: str) -> int:
@@ -202,6 +257,8 @@ def up(settings: StackSettings) -> dict[str, str]:
     """Start the whole stack; return the URLs to show the user."""
     for name in SERVICES:
         start(settings, name)
+        if name == "mlflow":
+            provision_mlflow(settings)
     return {
         "mlflow": settings.mlflow_url,
         "tmdb sandbox": settings.sandbox_url,

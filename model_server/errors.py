@@ -2,14 +2,28 @@
 
 Each error names the HTTP status a request that meets it gets (``http_status``), the label it is
 counted under in ``movie_recommender_rejected_requests_total{reason}`` (``reason``) and, for
-errors met at start-up, the process exit code (``exit_code``). `model_server.server` registers
-the mapping once (`register_error_handlers`); nothing else turns these into responses.
+errors met at start-up, the process exit code (``exit_code``). `model_server.server` maps
+errors to a `Rejection` in one place (`model_server.server.classify`), which REST answers with
+its status and gRPC with the matching status code (`model_server.grpc_server.grpc_status`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
-class ServingError(Exception):
+from contracts.errors import ProjectError
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """How a failed request is answered: HTTP status, metric reason, message for the caller."""
+
+    status: int
+    reason: str
+    message: str
+
+
+class ServingError(ProjectError):
     """Base class: a failure with a message meant for the caller or the operator."""
 
     http_status: int = 500
@@ -57,3 +71,10 @@ class ModelSourceError(ServingError):
     http_status = 503
     reason = "model_source"
     exit_code = 3
+
+
+class ModelNotLoadedError(ServingError):
+    """A request reached the model before `load` (or after it failed): not ready."""
+
+    http_status = 503
+    reason = "not_ready"

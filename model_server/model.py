@@ -17,6 +17,10 @@ Response (V1)::
 plus the ``X-Model-Version`` response header. An instance that asks ``"popular": true`` is
 answered by the recommender's own popularity fallback (no user, no history), so its prediction
 has ``fallback: true`` and that fallback's ``reason``.
+plus the ``X-Model-Version`` response header. The V2 protocol (``/v2/models/<name>/infer`` and
+gRPC ``ModelInfer``) is `model_server.tensors`: its rows become the same `Instance` objects and
+are answered by the same `RecommenderModel.recommend`, on a path of its own (the V1 path is
+tuned for throughput and does not pay for V2).
 
 Unknown content ids in a history: when the history is what the model scores (no ``user_id``, or
 a ``user_id`` the model does not know), ids the model does not know are ignored and ``reason``
@@ -36,14 +40,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from kserve import Model
+from kserve import InferRequest, InferResponse, Model
 
 from contracts.names import VERSION_HEADER
-from model_server.errors import RequestError, UnknownContentError, UnsupportedMediaTypeError
+from model_server.errors import (
+    ModelNotLoadedError,
+    RequestError,
+    UnknownContentError,
+    UnsupportedMediaTypeError,
+)
 from model_server.metrics import Metrics
 from model_server.request import Instance, parse_body, parse_payload
+from model_server.tensors import (
+    TensorRequest,
+    infer_response,
+    input_types,
+    output_types,
+    parse_infer_request,
+)
 from recommenders import FittedRecommender, Recommendation, load
-from recommenders.artifact import CHECKSUMS
+from recommenders.artifact import CHECKSUMS, verify_digest
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +123,11 @@ class RecommenderModel(Model):
         model_dir: str | Path,
         metrics: Metrics,
         version: str | None = None,
+        digest: str | None = None,
     ) -> None:
         super().__init__(name, return_response_headers=True)
         self.model_dir = Path(model_dir)
+        self.digest = digest  # when given, the artefact must have exactly this digest
         self.metrics = metrics
         self.version = version or ""
         self._requested_version = version
@@ -122,9 +140,12 @@ class RecommenderModel(Model):
         """Read and verify the artefact; ``ready`` only when that succeeded.
 
         Raises `recommenders.errors.ArtifactError` (or its subclass
-        `ArtifactCorruptError`) for a missing, unreadable or corrupt artefact.
+        `ArtifactCorruptError`) for a missing, unreadable or corrupt artefact, and for one whose
+        files are not those registered (``digest``, from ``MODEL_DIGEST``).
         """
         self.ready = False
+        if self.digest is not None:
+            verify_digest(self.model_dir, self.digest)
         recommender = load(self.model_dir, verify=True)
         self.version = self._requested_version or artifact_version(self.model_dir, recommender)
         self._display = _display_lookup(recommender)
@@ -145,12 +166,31 @@ class RecommenderModel(Model):
         self.ready = True
         return self.ready
 
+    def start(self) -> None:
+        """Nothing to start; unlike KServe's default this does not set ``ready``.
+
+        KServe calls ``start`` on every model it registers, and its default marks the model
+        ready whether or not it was loaded: readiness here means `load` succeeded.
+        """
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        """The V2 input tensors (`model_server.tensors.INPUTS`), for model metadata."""
+        return input_types()
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        """The V2 output tensors (`model_server.tensors.OUTPUTS`), for model metadata."""
+        return output_types()
+
     # -- predict many --------------------------------------------------------------------------
 
     def preprocess(  # type: ignore[override]
         self, payload: Any, headers: dict[str, str] | None = None
-    ) -> list[Instance]:
-        """Validate the body into `Instance` objects (raises `RequestError` subclasses)."""
+    ) -> list[Instance] | TensorRequest:
+        """Validate the body into `Instance` objects (raises `RequestError` subclasses).
+
+        A V1 body arrives as bytes (or a dict KServe decoded); a V2 request (REST or gRPC) as
+        KServe's `InferRequest`, which becomes a `TensorRequest`.
+        """
         if isinstance(payload, bytes | bytearray):
             content_type = (headers or {}).get("content-type", "")
             if content_type != UNDECODED_JSON:
@@ -160,29 +200,50 @@ class RecommenderModel(Model):
             return parse_body(bytes(payload))
         if isinstance(payload, dict):  # KServe decoded it (e.g. application/cloudevents+json)
             return parse_payload(payload)
-        raise RequestError(f"model {self.name} speaks the V1 protocol: POST {{'instances': [...]}}")
+        if isinstance(payload, InferRequest):
+            return parse_infer_request(payload, self.name)
+        raise RequestError(
+            f"model {self.name} takes V1 {{'instances': [...]}} or V2 {{'inputs': [...]}} requests"
+        )
 
     def predict(  # type: ignore[override]
         self,
-        payload: list[Instance],
+        payload: list[Instance] | TensorRequest,
         headers: dict[str, str] | None = None,
         response_headers: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
-        """One prediction per instance, in order, and the version that made them."""
+    ) -> dict[str, Any] | InferResponse:
+        """One prediction per instance (V2: per row), in order, and the version that made them."""
         if response_headers is not None:
             response_headers[VERSION_HEADER] = self.version
+        if isinstance(payload, TensorRequest):
+            return self._infer(payload)
         predictions = self.recommend(payload)
+        self._count(predictions)
+        return {"model_name": self.name, "model_version": self.version, "predictions": predictions}
+
+    def _infer(self, request: TensorRequest) -> InferResponse:
+        """The V2 answer: the V1 predictions of the request's rows, as tensors."""
+        predictions = self.recommend(request.instances, history_field="input history row {}")
+        self._count(predictions)
+        return infer_response(request, predictions, self.name, self.version)
+
+    def _count(self, predictions: Sequence[dict[str, Any]]) -> None:
         self._predictions.inc(len(predictions))
         fallbacks = sum(1 for p in predictions if p["fallback"])
         if fallbacks:
             self._fallbacks.inc(fallbacks)
-        return {"model_name": self.name, "model_version": self.version, "predictions": predictions}
 
-    def recommend(self, instances: Sequence[Instance]) -> list[dict[str, Any]]:
-        """The ``predictions`` list for validated instances."""
+    def recommend(
+        self, instances: Sequence[Instance], history_field: str = "instances[{}].history"
+    ) -> list[dict[str, Any]]:
+        """The ``predictions`` list for validated instances.
+
+        ``history_field`` names instance ``i``'s history in error messages (``.format(i)``).
+        """
         model = self.recommender
-        assert model is not None, "load() first"
-        notes = self._check_histories(instances)
+        if model is None:
+            raise ModelNotLoadedError(f"model {self.name} is not loaded")
+        notes = self._check_histories(instances, history_field)
         if len(instances) == 1:  # the common single-request case: no grouping needed
             inst = instances[0]
             rec = model.recommend(inst.user_id, inst.history, inst.k, inst.exclude_seen)
@@ -206,7 +267,7 @@ class RecommenderModel(Model):
                 )
         return predictions  # type: ignore[return-value]
 
-    def _check_histories(self, instances: Sequence[Instance]) -> dict[int, str]:
+    def _check_histories(self, instances: Sequence[Instance], field: str) -> dict[int, str]:
         """Notes on ignored unknown ids; raises `UnknownContentError` for an unusable history."""
         if not any(inst.history for inst in instances):
             return {}
@@ -227,8 +288,7 @@ class RecommenderModel(Model):
             listed = ", ".join(map(str, shown))
             if not known.any():
                 raise UnknownContentError(
-                    f"instances[{i}].history holds no content id the model knows "
-                    f"(unknown: [{listed}])"
+                    f"{field.format(i)} holds no content id the model knows (unknown: [{listed}])"
                 )
             notes[i] = f"ignored {len(unknown)} unknown content id(s) in history: [{listed}]"
         return notes

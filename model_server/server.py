@@ -1,12 +1,25 @@
-"""HTTP wiring around `RecommenderModel`: `main`, `serve` and what KServe does not do for us.
+"""HTTP and gRPC wiring around `RecommenderModel`: `main`, `serve` and what KServe does not do.
 
-KServe 0.20 builds its uvicorn server with ``host="0.0.0.0"``, decodes only bodies whose
-Content-Type is exactly ``application/json`` (and a few others), answers errors with its own
-handlers (which log a traceback per bad request) and logs a line per request. `ModelServer`
-here is `kserve.ModelServer` with one change: its REST server (`RESTServer`, a subclass of
-KServe's) binds ``settings.host``, adds `JSONBodyMiddleware` and registers this package's error
-mapping (`register_error_handlers`). Routes, readiness, ``/metrics`` and the request path
-(preprocess -> predict -> postprocess, with KServe's latency histograms) stay KServe's.
+KServe 0.20 builds its uvicorn server with ``host="0.0.0.0"`` and its gRPC server on ``[::]``,
+decodes only bodies whose Content-Type is exactly ``application/json`` (and a few others),
+answers errors with its own handlers (which log a traceback per bad request), logs a line per
+request, serves the model-repository extension (``POST /v2/repository/models/<name>/unload``,
+unauthenticated, after which every inference 404s while liveness still passes) and reports
+live and ready whether or not a model is loaded. `ModelServer` here is `kserve.ModelServer`
+with these changes:
+
+- its REST server (`RESTServer`, a subclass of KServe's) binds ``settings.host``, adds
+  `JSONBodyMiddleware`, registers this package's error mapping (`register_error_handlers`) and
+  serves only `SERVED_ROUTES` (`ServedRoutesOnly`): inference, health and metadata of V1 and
+  V2, and ``/metrics`` (no ``/v2/repository/*``, ``:explain``, ``/versions/*`` or
+  ``/openapi.json``: 404);
+- its gRPC server (`model_server.grpc_server.BoundGRPCServer`, with ``--enable_grpc``) binds
+  the same host, refuses the repository RPCs and maps errors as REST does;
+- its data plane (`ServingDataPlane`) is live and ready only while every registered model is
+  loaded, and advertises no protocol extension.
+
+Routes, the request path (preprocess -> predict -> postprocess, with KServe's latency
+histograms) and ``/metrics`` stay KServe's.
 """
 
 from __future__ import annotations
@@ -20,7 +33,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from model_server.errors import ModelSourceError, ServingError
+from model_server.errors import ModelSourceError, Rejection, ServingError
 from model_server.metrics import Metrics
 from model_server.model import UNDECODED_JSON, VERSION_HEADER, RecommenderModel
 from model_server.settings import AccessLog, Settings, parse_settings
@@ -31,6 +44,56 @@ log = logging.getLogger(__name__)
 
 _PREDICT_SUFFIX = ":predict"
 _UTF8 = {"utf-8", "utf8"}
+
+_GET = frozenset({"GET", "HEAD"})
+_POST = frozenset({"POST"})
+# What the data plane serves (KServe's route templates and methods): inference, health and
+# metadata of V1 and V2, and the metrics. Any other request is answered 404 by `ServedRoutesOnly`
+# before KServe's router sees it. Inference first: it is what nearly every request is.
+SERVED_ROUTES: dict[str, frozenset[str]] = {
+    "/v1/models/{model_name}:predict": _POST,
+    "/v2/models/{model_name}/infer": _POST,
+    "/": _GET,
+    "/metrics": _GET,
+    "/v1/models": _GET,
+    "/v1/models/{model_name}": _GET,
+    "/v2": _GET,
+    "/v2/health/live": _GET,
+    "/v2/health/ready": _GET,
+    "/v2/models": _GET,
+    "/v2/models/{model_name}": _GET,
+    "/v2/models/{model_name}/ready": _GET,
+}
+
+
+class ServedRoutesOnly:
+    """Answers 404 to every request outside `SERVED_ROUTES` (an allowlist, not a denylist).
+
+    KServe registers more than inference, health and metadata: the model-repository extension
+    (``POST /v2/repository/models/<name>/load|unload``, unauthenticated: one request unloads the
+    model for good), ``:explain``, ``/versions/<v>/...`` and FastAPI's ``/openapi.json``. Checked
+    here rather than by removing routes, because how FastAPI stores included routers is its own
+    business; a route KServe adds in a later release stays closed until it is listed.
+    """
+
+    def __init__(self, app: Any) -> None:
+        from starlette.routing import compile_path
+
+        self.app = app
+        self._served = [(compile_path(path)[0], methods) for path, methods in SERVED_ROUTES.items()]
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not self.served(scope["method"], scope["path"]):
+            from starlette.responses import JSONResponse
+
+            response = JSONResponse(status_code=404, content={"error": "not found"})
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def served(self, method: str, path: str) -> bool:
+        """Whether ``method path`` is one of `SERVED_ROUTES`."""
+        return any(method in methods and regex.match(path) for regex, methods in self._served)
 
 
 class JSONBodyMiddleware:
@@ -73,47 +136,148 @@ def _mark_json(scope: dict[str, Any]) -> dict[str, Any]:
     return {**scope, "headers": marked}
 
 
-def register_error_handlers(app: Any, metrics: Metrics, version: Callable[[], str | None]) -> None:
-    """The one place errors become responses: ``{"error": "..."}`` with the error's status.
+def classify(exc: BaseException) -> Rejection | None:
+    """The one mapping from errors to answers; None for errors left to KServe's handlers.
 
     `ServingError` and `RecommenderError` carry their status (``http_status``); KServe's
-    `InvalidInput` is a 400. Every 4xx is counted in ``rejected_requests_total{reason}`` and
-    logged as one line (no traceback); responses carry ``X-Model-Version`` like successes do.
+    `InvalidInput` (e.g. a V2 body KServe cannot decode) is a 400.
     """
+    from kserve.errors import InvalidInput
+
+    if isinstance(exc, ServingError):
+        return Rejection(exc.http_status, exc.reason, str(exc))
+    if isinstance(exc, RecommenderError):
+        status = getattr(exc, "http_status", 500)
+        return Rejection(status, "invalid_request" if status < 500 else "internal", str(exc))
+    if isinstance(exc, InvalidInput):
+        return Rejection(400, "invalid_request", str(exc))
+    return None
+
+
+def report(rejection: Rejection, metrics: Metrics) -> None:
+    """Count a 4xx in ``rejected_requests_total{reason}`` and log it as one line (no traceback)."""
+    if rejection.status < 500:
+        metrics.rejected.labels(reason=rejection.reason).inc()
+        log.info(
+            "rejected request (%d %s): %s", rejection.status, rejection.reason, rejection.message
+        )
+    else:
+        log.error(
+            "request failed (%d %s): %s", rejection.status, rejection.reason, rejection.message
+        )
+
+
+def describe_invalid_body(errors: Sequence[Any]) -> Rejection:
+    """A 400 naming the field for FastAPI's validation errors of a V2 body (``inputs[0].shape``).
+
+    FastAPI checks the V2 infer body against KServe's ``InferenceRequest`` (or raw bytes) before
+    the model sees it; its own answer would be a 422 listing both alternatives.
+    """
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return Rejection(400, "invalid_json", "request body is not valid JSON")
+    first = next((e for e in errors if "InferenceRequest" in e.get("loc", ())), errors[0])
+    path = ""
+    for part in first.get("loc", ()):
+        if part in ("body", "InferenceRequest"):
+            continue
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    field = path.lstrip(".") or "request body"
+    return Rejection(400, "invalid_request", f"{field}: {first['msg']}")
+
+
+def register_error_handlers(app: Any, metrics: Metrics, version: Callable[[], str | None]) -> None:
+    """The REST side of `classify`: ``{"error": "..."}`` with the rejection's status.
+
+    Every 4xx is counted and logged once (`report`); responses carry ``X-Model-Version`` like
+    successes do.
+    """
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from kserve.errors import InvalidInput
 
-    def respond(status: int, reason: str, message: str) -> Any:
-        if status < 500:
-            metrics.rejected.labels(reason=reason).inc()
-            log.info("rejected request (%d %s): %s", status, reason, message)
-        else:
-            log.error("request failed (%d %s): %s", status, reason, message)
+    def respond(rejection: Rejection) -> Any:
+        report(rejection, metrics)
         served = version()
         headers = {VERSION_HEADER: served} if served else None
-        return JSONResponse(status_code=status, content={"error": message}, headers=headers)
+        return JSONResponse(
+            status_code=rejection.status, content={"error": rejection.message}, headers=headers
+        )
 
-    async def serving_error(_: Any, exc: Exception) -> Any:
-        assert isinstance(exc, ServingError)
-        return respond(exc.http_status, exc.reason, str(exc))
+    async def known_error(_: Any, exc: Exception) -> Any:
+        rejection = classify(exc)
+        if rejection is None:  # not one of ours after all: FastAPI's 500
+            raise exc
+        return respond(rejection)
 
-    async def recommender_error(_: Any, exc: Exception) -> Any:
-        status = getattr(exc, "http_status", 500)
-        return respond(status, "invalid_request" if status < 500 else "internal", str(exc))
+    async def invalid_body(_: Any, exc: Exception) -> Any:
+        errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+        return respond(describe_invalid_body(errors))
 
-    async def invalid_input(_: Any, exc: Exception) -> Any:
-        return respond(400, "invalid_request", str(exc))
+    for kind in (ServingError, RecommenderError, InvalidInput):
+        app.add_exception_handler(kind, known_error)
+    app.add_exception_handler(RequestValidationError, invalid_body)
 
-    app.add_exception_handler(ServingError, serving_error)
-    app.add_exception_handler(RecommenderError, recommender_error)
-    app.add_exception_handler(InvalidInput, invalid_input)
+
+def dataplane_class() -> type:
+    """`ServingDataPlane`: KServe's `DataPlane`, healthy only while every model is loaded."""
+    from kserve.errors import InvalidInput, ServerNotLive
+    from kserve.protocol.dataplane import DataPlane
+
+    class ServingDataPlane(DataPlane):
+        """KServe's data plane, healthy only while every registered model is loaded.
+
+        KServe's liveness is constant and its server readiness ignores the models, so a process
+        whose model is gone (or was never loaded) would keep passing both probes. Here both
+        fail then: readiness takes it out of traffic, liveness gets it restarted (which loads
+        the model again). It also advertises no protocol extension and turns a V2 body KServe
+        cannot read into a 400 rather than a 500.
+        """
+
+        async def not_loaded(self) -> list[str]:
+            """Names of registered models that are not ready (all of them: none registered)."""
+            models = self.model_registry.get_models()
+            if not models:
+                return ["(no model registered)"]
+            return [name for name in models if not await self.model_registry.is_model_ready(name)]
+
+        async def live(self) -> dict[str, str]:  # type: ignore[override]
+            """``{"status": "alive"}``; raises `ServerNotLive` (503, UNAVAILABLE) otherwise."""
+            missing = await self.not_loaded()
+            if missing:
+                raise ServerNotLive(f"model not loaded: {', '.join(missing)}")
+            return {"status": "alive"}
+
+        async def ready(self) -> bool:
+            """KServe's readiness, and every registered model loaded."""
+            return not await self.not_loaded() and await super().ready()
+
+        def metadata(self) -> dict[str, Any]:
+            """KServe's server metadata without the model-repository extension."""
+            return {**super().metadata(), "extensions": []}
+
+        def decode_inference_request(self, body: Any, headers: Any, model_name: str) -> Any:
+            """KServe's decoding of a V2 REST body; a malformed one is `InvalidInput` (400).
+
+            KServe reads the binary-data extension (``inference-header-content-length``)
+            without checking it: a missing field or a short tensor became a 500.
+            """
+            try:
+                return super().decode_inference_request(body, headers, model_name)
+            except InvalidInput:
+                raise
+            except KeyError as err:
+                raise InvalidInput(f"V2 request lacks the field {err.args[0]!r}") from err
+            except (TypeError, ValueError) as err:
+                raise InvalidInput(f"V2 request cannot be read: {err}") from err
+
+    return ServingDataPlane
 
 
 def _rest_server_class() -> type:
     from kserve.protocol.rest.server import RESTServer as KServeRESTServer
 
     class RESTServer(KServeRESTServer):
-        """KServe's REST server, bound to ``host``, with our middleware and error mapping."""
+        """KServe's REST server on ``host``, with our middlewares and error mapping."""
 
         def __init__(
             self, *args: Any, host: str, on_app: Callable[[Any], None], **kwargs: Any
@@ -125,6 +289,7 @@ def _rest_server_class() -> type:
         def _add_middlewares(self, app: Any) -> None:
             super()._add_middlewares(app)
             app.add_middleware(JSONBodyMiddleware)
+            app.add_middleware(ServedRoutesOnly)
 
         def _add_exception_handlers(self, app: Any) -> None:
             super()._add_exception_handlers(app)
@@ -136,12 +301,15 @@ def _rest_server_class() -> type:
 def _model_server_class() -> type:
     from kserve import ModelServer as KServeModelServer
     from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING, MAX_GRPC_MESSAGE_LENGTH
-    from kserve.protocol.grpc.server import GRPCServer
+
+    from model_server.grpc_server import BoundGRPCServer, OnError
 
     class ModelServer(KServeModelServer):
-        """`kserve.ModelServer` whose REST server is `RESTServer` (one worker)."""
+        """`kserve.ModelServer` with `RESTServer`, `BoundGRPCServer` and `ServingDataPlane`."""
 
-        def __init__(self, settings: Settings, on_app: Callable[[Any], None]) -> None:
+        def __init__(
+            self, settings: Settings, on_app: Callable[[Any], None], on_grpc_error: OnError
+        ) -> None:
             super().__init__(
                 http_port=settings.http_port,
                 grpc_port=settings.grpc_port,
@@ -155,11 +323,13 @@ def _model_server_class() -> type:
                 event_loop=settings.event_loop,
                 timeout_keep_alive=settings.timeout_keep_alive,
             )
+            self.dataplane = dataplane_class()(model_registry=self.registered_models)
             self.settings = settings
             self._on_app = on_app
+            self._on_grpc_error = on_grpc_error
 
         def start(self, models: list[Any]) -> None:
-            """KServe's ``start`` for one worker, with our REST server (same steps, same order)."""
+            """KServe's ``start`` for one worker, with our servers (same steps, same order)."""
             self._register_and_check_atleast_one_model_is_ready(models)
             self._rest_server = _rest_server_class()(
                 FASTAPI_APP_IMPORT_STRING,
@@ -176,15 +346,15 @@ def _model_server_class() -> type:
             )
             self.servers.append(self._rest_server.start())
             if self.enable_grpc:
-                self._grpc_server = GRPCServer(
+                self._grpc_server = BoundGRPCServer(
+                    self.settings.host,
                     self.grpc_port,
                     self.dataplane,
                     self.model_repository_extension,
-                    kwargs={
-                        "grpc_max_send_message_length": MAX_GRPC_MESSAGE_LENGTH,
-                        "grpc_max_receive_message_length": MAX_GRPC_MESSAGE_LENGTH,
-                    },
+                    max_message_length=MAX_GRPC_MESSAGE_LENGTH,
                     grace_period=self.grace_period,
+                    on_error=self._on_grpc_error,
+                    log_calls=self.settings.access_log is AccessLog.ALL,
                 )
                 self.servers.append(self._grpc_server.start(self.max_threads))
             self.setup_event_loop()
@@ -246,11 +416,19 @@ def _keep_freed_memory() -> None:
 
 def serve(model: Any, settings: Settings, metrics: Metrics) -> None:
     """Serve a loaded (``ready``) `kserve.Model` until SIGTERM/SIGINT."""
+
+    def on_grpc_error(exc: Exception) -> Rejection | None:
+        rejection = classify(exc)
+        if rejection is not None:
+            report(rejection, metrics)
+        return rejection
+
     server = _model_server_class()(
         settings,
         on_app=lambda app: register_error_handlers(
             app, metrics, lambda: getattr(model, "version", None)
         ),
+        on_grpc_error=on_grpc_error,
     )
     # Everything alive now (modules, the loaded model, its lookups: ~150k tracked objects) lives
     # until exit; without this each full collection walks all of it again, ~80 ms that landed on
@@ -262,7 +440,7 @@ def serve(model: Any, settings: Settings, metrics: Metrics) -> None:
         model.name,
         settings.host,
         settings.http_port,
-        f"on port {settings.grpc_port}" if settings.enable_grpc else "off",
+        f"on {settings.host}:{settings.grpc_port}" if settings.enable_grpc else "off",
     )
     server.start([model])
 
@@ -271,7 +449,8 @@ def resolve_source(settings: Settings) -> ResolvedModel:
     """The local artefact directory to load (downloading a ``models:/`` URI first)."""
     if settings.model_uri:
         return resolve_models_uri(settings.model_uri, settings.tracking_uri, settings.cache_dir)
-    assert settings.model_dir is not None
+    if settings.model_dir is None:
+        raise ModelSourceError("give --model_dir or --model_uri")
     return ResolvedModel(settings.model_dir, None)
 
 
@@ -291,6 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             source.directory,
             metrics,
             version=settings.model_version or source.version,
+            digest=settings.model_digest,
         )
         model.load()
     except (ModelSourceError, ArtifactError) as err:

@@ -15,11 +15,13 @@ flag                        default                        meaning
                                                            ``models:/<name>@<alias>``, fetched
                                                            from ``$MLFLOW_TRACKING_URI``
 ``--model_version``         ``$MODEL_VERSION``             version reported in ``X-Model-Version``
-``--host``                  ``$MODEL_SERVER_HOST`` or      address uvicorn binds (KServe itself
-                            ``127.0.0.1``                  always binds 0.0.0.0); a container in
-                                                           a cluster must pass ``0.0.0.0``
-``--http_port``             ``8080`` (KServe)              HTTP port
-``--enable_grpc``           ``false`` (KServe: true)       also serve gRPC on ``--grpc_port``
+``--host``                  ``$MODEL_SERVER_HOST`` or      address the HTTP and gRPC servers bind
+                            ``127.0.0.1``                  (KServe itself binds 0.0.0.0 and
+                                                           [::]); a container in a cluster must
+                                                           pass ``0.0.0.0``
+``--http_port``             ``8080`` (KServe)              HTTP port (V1 and V2 REST)
+``--enable_grpc``           ``false`` (KServe: true)       also serve V2 gRPC on ``--grpc_port``
+``--grpc_port``             ``8081`` (KServe)              gRPC port
 ``--enable_latency_logging````false`` (KServe: true)       a log line per request with timings
 ``--access_log``            ``errors``                     uvicorn access lines: ``errors``
                                                            (status >= 400 only), ``all``, ``off``
@@ -31,6 +33,10 @@ The served version is ``--model_version`` / ``$MODEL_VERSION`` if given, else th
 version of ``--model_uri``, else what the artefact says about itself
 (`model_server.model.artifact_version`: ``trained_on.model_version``, ``run-<run_id>``, or a
 hash of its checksums). ``--workers`` must stay 1: the model is loaded in this process.
+
+gRPC is off unless asked for: the local stack starts one server per revision on a free HTTP
+port, where one fixed ``--grpc_port`` would collide, and in the cluster KServe exposes one port
+per predictor (HTTP here, which carries V1 and V2 REST).
 """
 
 from __future__ import annotations
@@ -42,7 +48,13 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from contracts.settings import MLFLOW_TRACKING_URI, MODEL_NAME, MODEL_SERVER_HOST, MODEL_VERSION
+from contracts.settings import (
+    MLFLOW_TRACKING_URI,
+    MODEL_DIGEST,
+    MODEL_NAME,
+    MODEL_SERVER_HOST,
+    MODEL_VERSION,
+)
 
 DEFAULT_MODEL_DIR = Path("/mnt/models")
 
@@ -63,6 +75,7 @@ class Settings:
     model_dir: Path | None
     model_uri: str | None
     model_version: str | None
+    model_digest: str | None  # the artefact must have exactly this digest (MODEL_DIGEST)
     host: str
     http_port: int
     grpc_port: int
@@ -86,7 +99,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="python -m model_server",
-        description="Serve a movie-mlops recommender artefact with KServe (V1 protocol).",
+        description="Serve a movie-mlops recommender artefact with KServe (V1 and V2 protocols).",
         parents=[kserve_parser],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -108,9 +121,14 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         help="version to report (env MODEL_VERSION; else from --model_uri or the artefact)",
     )
     parser.add_argument(
+        "--model_digest",
+        default=MODEL_DIGEST.get(environ) or None,
+        help="refuse to serve unless the artefact's digest is this (env MODEL_DIGEST)",
+    )
+    parser.add_argument(
         "--host",
         default=MODEL_SERVER_HOST.get(environ),
-        help="address to bind (env MODEL_SERVER_HOST); 0.0.0.0 inside a cluster",
+        help="address the HTTP and gRPC servers bind (env MODEL_SERVER_HOST); 0.0.0.0 in a pod",
     )
     parser.add_argument(
         "--access_log",
@@ -151,6 +169,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         model_dir=model_dir,
         model_uri=args.model_uri,
         model_version=args.model_version,
+        model_digest=args.model_digest,
         host=args.host,
         http_port=args.http_port,
         grpc_port=args.grpc_port,

@@ -17,7 +17,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from contracts import credentials
 from contracts.names import ARTIFACT_PATH
+from contracts.settings import LOCAL_ROOT
 from model_server.errors import ModelSourceError
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ def resolve_models_uri(uri: str, tracking_uri: str, cache_dir: Path) -> Resolved
     from recommenders.errors import ArtifactError
 
     name = match["name"]
+    credentials.use(credentials.READER, LOCAL_ROOT.path())  # env (a Secret) wins; else `make up`'s
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
         if match["version"]:

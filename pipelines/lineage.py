@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
+from contracts.credentials import READER
 from contracts.files import sha256_file
 from contracts.layout import MANIFEST, DataLayout
 from contracts.names import MODEL_NAME
@@ -153,7 +154,7 @@ def main(
     configure_logging(False)
 
     def walk() -> list[Hop]:
-        client = registry.connect(tracking_uri)
+        client = registry.connect(tracking_uri, identity=READER)
         with registry.mlflow_errors(f"reading version {version}", tracking_uri):
             return trace(client, model_name, version, data_dir)
 

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +28,15 @@ from typing import Any
 import pandas as pd
 import requests
 
-from contracts.names import CHALLENGER, CHAMPION, PREVIOUS, QUALITY_GATE_TAG
+from contracts import credentials
+from contracts.names import (
+    CHALLENGER,
+    CHAMPION,
+    EXPERIMENT_NAME,
+    MODEL_NAME,
+    PREVIOUS,
+    QUALITY_GATE_TAG,
+)
 from pipelines.errors import (
     ConfigError,
     TrackingRejectedError,
@@ -43,11 +52,17 @@ log = logging.getLogger(__name__)
 _CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
-def connect(tracking_uri: str, retries: int = 3) -> Any:
+def connect(tracking_uri: str, retries: int = 3, identity: str | None = None) -> Any:
     """An `MlflowClient` for a server that answered ``/health`` (bounded retries, then exit 8).
 
-    A ``sqlite:`` store (no server; what the fast tests use) is opened directly.
+    ``identity`` (`contracts.credentials`): the credential this process uses when the
+    environment names none — on one machine, the one `make up` generated. A ``sqlite:`` store
+    (no server; what the fast tests use) is opened directly.
     """
+    if identity is not None:
+        from contracts.settings import LOCAL_ROOT
+
+        credentials.use(identity, LOCAL_ROOT.path())
     if tracking_uri.startswith("sqlite:"):
         from mlflow import MlflowClient
 
@@ -80,10 +95,19 @@ def connect(tracking_uri: str, retries: int = 3) -> Any:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
+_HTTP_CODE = re.compile(r"failed with error code (\d{3})")
+
+
 def _unavailable(err: Exception) -> bool:
-    """Whether an `MlflowException` means the server was not reached or failed (not a refusal)."""
+    """Whether an `MlflowException` means the server was not reached or failed (not a refusal):
+    a transport error, a timeout, or a 5xx — not a 4xx such as 401/403/404."""
     message = getattr(err, "message", str(err))
-    return "API request to" in message or isinstance(err.__cause__, requests.RequestException)
+    if isinstance(err.__cause__, requests.RequestException):
+        return True
+    code = _HTTP_CODE.search(message)
+    if code is not None:
+        return code.group(1).startswith("5")
+    return "API request to" in message and "failed with exception" in message
 
 
 @contextlib.contextmanager
@@ -271,3 +295,110 @@ def champion_version(client: Any, name: str) -> Any | None:
     """The registered version aliased ``champion``, or None."""
     version = alias_version(client, name, CHAMPION)
     return None if version is None else client.get_model_version(name, version)
+
+
+# -- access: the identities of contracts.credentials and what each may do ----------------------
+
+# identity -> (permission on the experiment, permission on the registered model)
+PERMISSIONS = {
+    credentials.TRAINER: ("EDIT", "EDIT"),
+    # aliases are the deployment record; MLflow lets only MANAGE delete one (a promote clears
+    # `challenger`, a rollback `previous`), so rollout manages the one registered model — and
+    # may not write a run or an artefact
+    credentials.ROLLOUT: ("READ", "MANAGE"),
+    credentials.READER: ("READ", "READ"),
+}
+
+
+def provision(
+    tracking_uri: str, users: dict[str, tuple[str, str]], experiment: str, model: str
+) -> None:
+    """As the admin (the environment's credential): the experiment, the registered model, and a
+    user per identity with exactly its permissions. Idempotent: run again, it changes nothing
+    that is already right (passwords of existing users are updated to the given ones)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.server.auth.client import AuthServiceClient
+
+    client = connect(tracking_uri)
+    auth = AuthServiceClient(tracking_uri)
+    with mlflow_errors("provisioning users", tracking_uri):
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+        ensure_registered_model(client, model, "Top-k movie recommender served by KServe")
+        for identity, (experiment_permission, model_permission) in PERMISSIONS.items():
+            username, password = users[identity]
+            try:
+                auth.create_user(username, password)
+            except MlflowException as err:
+                if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                auth.update_user_password(username, password)
+            _grant(auth, username, "experiment", experiment_id, experiment_permission)
+            _grant(auth, username, "registered_model", model, model_permission)
+    log.info("MLflow users %s provisioned", ", ".join(u for u, _ in users.values()))
+
+
+def _grant(auth: Any, username: str, resource_type: str, resource_id: str, permission: str) -> None:
+    """Exactly ``permission`` on one resource (a different existing grant is replaced)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        auth.grant_user_permission(username, resource_type, resource_id, permission)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        current = auth.get_user_permission(username, resource_type, resource_id).permission
+        if current != permission:
+            auth.revoke_user_permission(username, resource_type, resource_id)
+            auth.grant_user_permission(username, resource_type, resource_id, permission)
+
+
+def main() -> None:
+    """``python -m pipelines.registry provision``: create the users the stages run as.
+
+    The admin's credential comes from ``MLFLOW_TRACKING_USERNAME``/``_PASSWORD``; each user's
+    password from ``MLFLOW_<IDENTITY>_PASSWORD`` (a Secret in the cluster), or, on one machine,
+    from ``LOCAL_ROOT``'s credential files (`make up` runs this).
+    """
+    import typer
+
+    from contracts.settings import LOCAL_ROOT, MLFLOW_TRACKING_URI
+    from pipelines import cli
+
+    app = typer.Typer(add_completion=False)
+
+    @app.command("provision")
+    def provision_cmd(
+        tracking_uri: str = typer.Option(
+            MLFLOW_TRACKING_URI.default, "--tracking-uri", envvar=MLFLOW_TRACKING_URI.name
+        ),
+    ) -> None:
+        cli.configure_logging(False)
+
+        def users() -> dict[str, tuple[str, str]]:
+            found = {}
+            for identity in PERMISSIONS:
+                password = os.environ.get(credentials.PASSWORD_ENV_OF[identity])
+                local = credentials.read(LOCAL_ROOT.path(), identity)
+                if password:
+                    found[identity] = (identity, password)
+                elif local is not None:
+                    found[identity] = local
+                else:
+                    raise ConfigError(f"no password for MLflow user {identity!r}")
+            return found
+
+        cli.run(lambda: provision(tracking_uri, users(), EXPERIMENT_NAME, MODEL_NAME))
+        typer.echo(f"provisioned MLflow users: {', '.join(PERMISSIONS)}")
+
+    @app.callback()
+    def _root() -> None:
+        """Administer the MLflow registry."""
+
+    app(prog_name="python -m pipelines.registry")
+
+
+if __name__ == "__main__":  # run the imported module, so loggers keep their names
+    from pipelines.registry import main as _main
+
+    _main()

@@ -40,9 +40,16 @@ from typing import Annotated, Any
 import pandas as pd
 import typer
 
-from contracts import layout
+from contracts import credentials, layout
 from contracts.files import pid_alive
-from contracts.names import ARTIFACT_PATH, CHALLENGER, CHAMPION, EXPERIMENT_NAME, MODEL_NAME
+from contracts.names import (
+    ARTIFACT_PATH,
+    CHALLENGER,
+    CHAMPION,
+    DIGEST_TAG,
+    EXPERIMENT_NAME,
+    MODEL_NAME,
+)
 from contracts.names import QUALITY_GATE_TAG as GATE_TAG
 from contracts.settings import DATA_DIR, MLFLOW_TRACKING_URI
 from contracts.settings import MODEL_NAME as MODEL_NAME_ENV
@@ -52,6 +59,7 @@ from pipelines.evaluate import SplitProtocol, evaluate_fitted, size_params, spli
 from pipelines.features import FeatureSnapshot, load_features
 from pipelines.lineage import git_sha
 from recommenders import BEST_MODEL, MODELS, FittedRecommender, Trainer, get_trainer, save
+from recommenders.artifact import artifact_digest
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +238,11 @@ def _log_lineage_files(snapshot: FeatureSnapshot, data_dir: Path) -> None:
             mlflow.log_artifact(str(raw_manifest), "lineage/raw")
 
 
-def log_run(snapshot: FeatureSnapshot, fitted: Fitted, settings: TrainSettings) -> tuple[str, Any]:
-    """Everything about one training run, in one MLflow run; returns (run id, model info)."""
+def log_run(
+    snapshot: FeatureSnapshot, fitted: Fitted, settings: TrainSettings
+) -> tuple[str, Any, str]:
+    """Everything about one training run, in one MLflow run; returns (run id, model info,
+    the numpy artefact's digest)."""
     import mlflow
     from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 
@@ -273,6 +284,7 @@ def log_run(snapshot: FeatureSnapshot, fitted: Fitted, settings: TrainSettings) 
                     mlflow.log_metric(f"{label}_{metric}_curve", values[f"{metric}@{k}"], step=k)
         with tempfile.TemporaryDirectory(prefix="train-") as tmp:
             artefact = save(fitted.final, Path(tmp) / ARTIFACT_PATH)
+            digest = artifact_digest(artefact)  # of exactly the files uploaded next
             mlflow.log_artifacts(str(artefact), ARTIFACT_PATH)
             _plot_curves(fitted.curves, Path(tmp) / "metric_at_k.png")
             mlflow.log_artifact(str(Path(tmp) / "metric_at_k.png"), "plots")
@@ -288,7 +300,7 @@ def log_run(snapshot: FeatureSnapshot, fitted: Fitted, settings: TrainSettings) 
                 # only what scoring needs: the models and the contracts they read
                 code_paths=[str(RECOMMENDERS_DIR), str(CONTRACTS_DIR)],
             )
-    return run.info.run_id, info
+    return run.info.run_id, info, digest
 
 
 class Terminated(BaseException):
@@ -301,13 +313,15 @@ def _ended_on_sigterm() -> Iterator[None]:
     import mlflow
 
     def on_term(signum: int, _frame: Any) -> None:
+        # end it here: `start_run`'s own exit would record any exception as FAILED
+        if mlflow.active_run() is not None:
+            mlflow.end_run(status="KILLED")
         raise Terminated(signum)
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
         yield
     except Terminated:
-        mlflow.end_run(status="KILLED")
         log.error("terminated: the MLflow run was ended as KILLED; nothing was registered")
         raise SystemExit(143) from None
     finally:
@@ -400,11 +414,13 @@ def register(
     run_id: str,
     info: Any,
     gate: registry.GateResult,
+    digest: str,
     first: bool,
 ) -> tuple[str, tuple[str, ...]]:
     """Register the version with its tags and card, set its aliases; return them as read back."""
     tags = {
         registry.REGISTRATION_TAG: registry.PENDING,  # until the aliases are written
+        DIGEST_TAG: digest,
         "model_type": settings.model,
         "features_version": snapshot.version,
         "split_key": fitted.split_key,
@@ -443,7 +459,7 @@ def train(settings: TrainSettings) -> TrainResult:
     if not 0 <= settings.tolerance < 1:
         raise ConfigError(f"--tolerance must be in [0, 1), got {settings.tolerance}")
     uri = settings.tracking_uri
-    client = registry.connect(uri, settings.connect_retries)
+    client = registry.connect(uri, settings.connect_retries, identity=credentials.TRAINER)
     snapshot = load_features(settings.data_dir, settings.features_version)
     log.info("features %s: %d interactions, %d catalog rows", snapshot.version,
              len(snapshot.interactions), len(snapshot.catalog))  # fmt: skip
@@ -458,7 +474,7 @@ def train(settings: TrainSettings) -> TrainResult:
         close_stale_runs(client, experiment.experiment_id)
         champion = registry.champion_version(client, settings.registered_model)
     with registry.mlflow_errors("logging the training run", uri), _ended_on_sigterm():
-        run_id, info = log_run(snapshot, fitted, settings)
+        run_id, info, digest = log_run(snapshot, fitted, settings)
     with registry.mlflow_errors("comparing with the champion", uri):
         gate = registry.quality_gate(
             client,
@@ -474,7 +490,7 @@ def train(settings: TrainSettings) -> TrainResult:
         client.set_tag(run_id, GATE_TAG, "passed" if gate.passed else "failed")
     with registry.mlflow_errors("registering the version", uri):
         version, aliases = register(
-            client, snapshot, fitted, settings, run_id, info, gate, first=champion is None
+            client, snapshot, fitted, settings, run_id, info, gate, digest, first=champion is None
         )
     if not gate.passed:
         raise QualityGateError(

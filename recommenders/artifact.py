@@ -16,6 +16,7 @@ arrays are read with ``allow_pickle=False``, so an artefact can never execute co
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -78,6 +79,29 @@ def save(model: FittedRecommender, directory: str | Path) -> Path:
     checksums = {"files": {name: sha256_file(out / name) for name in files}}
     (out / CHECKSUMS).write_text(json.dumps(checksums, indent=2, sort_keys=True) + "\n")
     return out
+
+
+def artifact_digest(directory: str | Path) -> str:
+    """``sha256:<hex>`` over every file of an artefact directory (names and contents).
+
+    Recorded on the registered version; any changed, added or removed file changes it.
+    """
+    root = Path(directory)
+    lines = [
+        f"{path.relative_to(root).as_posix()}\t{sha256_file(path)}\n"
+        for path in sorted(p for p in root.rglob("*") if p.is_file())
+    ]
+    return "sha256:" + hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def verify_digest(directory: str | Path, expected: str) -> None:
+    """Refuse an artefact whose files are not exactly the ones registered."""
+    actual = artifact_digest(directory)
+    if actual != expected:
+        raise ArtifactCorruptError(
+            f"model artefact {directory} has digest {actual}, not the {expected} recorded at "
+            "registration: its files were changed after the version was registered"
+        )
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -24,6 +24,29 @@ if [[ "$env" != dev ]] && ! kubectl -n "$ns" get secret tmdb-credentials >/dev/n
   info "warning: secret tmdb-credentials is missing in $ns; crawl will run unauthenticated (docs/cluster.md)"
 fi
 
+# MLflow's basic-auth credentials: generated once per namespace, from a private temp file
+# (never argv, never the repo); the provision Job creates the users from them.
+ensure_mlflow_secrets() {
+  kubectl get namespace "$ns" >/dev/null 2>&1 || kubectl create namespace "$ns" >/dev/null
+  local secrets_file
+  secrets_file="$(mktemp)"
+  chmod 600 "$secrets_file"
+  if ! kubectl -n "$ns" get secret mlflow-admin >/dev/null 2>&1; then
+    printf 'password=%s\nflask-secret-key=%s\n' "$(random_token)" "$(random_token)" >"$secrets_file"
+    kubectl -n "$ns" create secret generic mlflow-admin --from-env-file="$secrets_file" >/dev/null
+    info "created secret mlflow-admin in $ns (the MLflow UI's admin password)"
+  fi
+  if ! kubectl -n "$ns" get secret mlflow-users >/dev/null 2>&1; then
+    printf 'trainer=%s\nrollout=%s\nreader=%s\n' "$(random_token)" "$(random_token)" \
+      "$(random_token)" >"$secrets_file"
+    kubectl -n "$ns" create secret generic mlflow-users --from-env-file="$secrets_file" >/dev/null
+    info "created secret mlflow-users in $ns"
+  fi
+  rm -f "$secrets_file"
+}
+ensure_mlflow_secrets
+kubectl -n "$ns" delete job mlflow-provision --ignore-not-found >/dev/null
+
 info "applying overlay $env to namespace $ns"
 if [[ "$with_predictor" == --with-predictor ]] || ! kubectl -n "$ns" get inferenceservice movie-recommender >/dev/null 2>&1; then
   kubectl apply -f "$rendered"
@@ -33,6 +56,8 @@ else
 fi
 
 kubectl -n "$ns" rollout status deployment/mlflow --timeout=300s
+kubectl -n "$ns" wait --for=condition=complete job/mlflow-provision --timeout=300s \
+  || die "job/mlflow-provision did not complete: kubectl -n $ns logs job/mlflow-provision"
 kubectl -n "$ns" rollout status deployment/frontend --timeout=180s
 if kubectl -n "$ns" get deployment tmdb-sandbox >/dev/null 2>&1; then
   kubectl -n "$ns" rollout status deployment/tmdb-sandbox --timeout=180s

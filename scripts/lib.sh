@@ -86,3 +86,8 @@ wait_for_job() {
   kubectl -n "$ns" logs "job/$job" --tail=50 >&2 || true
   die "job/$job did not finish within $timeout"
 }
+
+# A random URL-safe token (for generated credentials); never echo it.
+random_token() {
+  python3 -c 'import secrets; print(secrets.token_urlsafe(24))'
+}

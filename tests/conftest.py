@@ -165,8 +165,12 @@ def raw_snapshot_dir(raw_data_dir: Path) -> Path:
     return raw / (raw / "latest").read_text().strip()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
-    """A real local stack per test module (see `tests.support.stack`)."""
+    """One real local stack for the whole run (see `tests.support.stack`).
+
+    Tests never rely on what another test left: each establishes the state it needs
+    (`serve_only`, `train_two_versions`, its own versions), so any one runs alone or in any order.
+    """
     with local_stack(tmp_path_factory.mktemp("local")) as session:
         yield session

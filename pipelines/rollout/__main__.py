@@ -124,10 +124,13 @@ def status_cmd(ctx: typer.Context) -> None:
     """Show the InferenceService's traffic split."""
     settings: RolloutSettings = ctx.obj
     status = cli.run(lambda: _backend(settings).status())
-    if not status:
-        typer.echo(f"InferenceService {settings.isvc_name}: no status yet")
+    if not status or "components" not in status:
+        typer.echo(f"InferenceService {settings.isvc_name}: nothing rolled out yet")
         raise typer.Exit(1)
     typer.echo(traffic_table(status))
+    ready = {c.get("type"): c for c in status.get("conditions", [])}.get("Ready", {})
+    if ready.get("status") != "True":
+        typer.echo(f"  not ready: {ready.get('message') or 'unknown'}")
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from contracts.inferenceservice import (
     API_VERSION,
     CONTAINER,
     LOCAL_STEP_PERCENT,
+    MODEL_DIGEST_ENV,
     MODEL_VERSION_ENV,
     STEP_ANNOTATION,
     STORAGE_URI_ENV,
@@ -69,11 +70,15 @@ def served_version(isvc: dict[str, Any]) -> str | None:
     return None
 
 
-def set_version(isvc: dict[str, Any], storage_uri: str, version: str) -> None:
-    """Point the predictor template at a version's artefact."""
+def set_version(isvc: dict[str, Any], storage_uri: str, version: str, digest: str | None) -> None:
+    """Point the predictor template at a version's artefact (and the digest it must have)."""
     target = container(isvc)
     _set_env(target, STORAGE_URI_ENV, storage_uri)
     _set_env(target, MODEL_VERSION_ENV, version)
+    if digest:
+        _set_env(target, MODEL_DIGEST_ENV, digest)
+    else:
+        target["env"] = [e for e in target.get("env", []) if e.get("name") != MODEL_DIGEST_ENV]
 
 
 def step_percent(isvc: dict[str, Any]) -> str:

@@ -13,8 +13,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from contracts.credentials import ROLLOUT
 from contracts.inferenceservice import STEP_ANNOTATION, storage_uri
-from contracts.names import ARTIFACT_PATH, CHAMPION, MODEL_NAME, PREVIOUS
+from contracts.names import ARTIFACT_PATH, CHAMPION, DIGEST_TAG, MODEL_NAME, PREVIOUS
 from contracts.settings import LOCAL_ROOT, MLFLOW_TRACKING_URI
 from pipelines import registry
 from pipelines.errors import ConfigError, PipelineError, RolloutError
@@ -51,13 +52,26 @@ def parse_version(value: str) -> str:
     return str(int(text))
 
 
-def storage_uri_for(client: Any, settings: RolloutSettings, version: str) -> str:
-    """``pvc://mlflow-artifacts/…`` of a registered version's numpy artefact."""
+def artefact_of(
+    client: Any, settings: RolloutSettings, version: str, *, force: bool
+) -> tuple[str, str | None]:
+    """``pvc://mlflow-artifacts/…`` of a registered version's numpy artefact, and the digest
+    recorded for it at registration (which the predictor will insist on).
+
+    A version without a digest (registered before digests were recorded) is refused unless
+    ``force``: its files could not be checked.
+    """
     with registry.mlflow_errors(f"reading version {version}", settings.tracking_uri):
         mv = client.get_model_version(settings.model_name, version)
         run = client.get_run(mv.run_id)
+    digest = (mv.tags or {}).get(DIGEST_TAG)
+    if not digest and not force:
+        raise RolloutError(
+            f"{settings.model_name} version {version} has no recorded artefact digest, so the "
+            "predictor could not check its files; retrain it, or pass --force"
+        )
     try:
-        return storage_uri(run.info.artifact_uri, ARTIFACT_PATH)
+        return storage_uri(run.info.artifact_uri, ARTIFACT_PATH), digest
     except ValueError as err:
         raise RolloutError(f"run {mv.run_id}: {err}") from err
 
@@ -173,12 +187,12 @@ def canary(
                 raise ConfigError(f"annotation {STEP_ANNOTATION}={step!r} is not a number") from err
         if not 0 < percent <= 100:
             raise ConfigError(f"--percent must be in 1..100, got {percent}")
-        client = registry.connect(settings.tracking_uri, settings.connect_retries)
+        client = registry.connect(settings.tracking_uri, settings.connect_retries, identity=ROLLOUT)
         with registry.mlflow_errors(f"reading version {version}", settings.tracking_uri):
             mv = client.get_model_version(settings.model_name, version)
         _check_servable(settings, mv, force)
-        uri = storage_uri_for(client, settings, version)
-        document.set_version(isvc, uri, version)
+        uri, digest = artefact_of(client, settings, version, force=force)
+        document.set_version(isvc, uri, version, digest)
         predictor = isvc["spec"]["predictor"]
         full = not _rolled_out(isvc.get("status") or status) or percent == 100
         if full:
@@ -228,7 +242,7 @@ def promote(settings: RolloutSettings, backend: Backend) -> dict[str, Any]:
         percent = predictor.get("canaryTrafficPercent")
         if percent == 0:
             raise RolloutError("the canary was rolled back; start a new canary before promoting")
-        client = registry.connect(settings.tracking_uri, settings.connect_retries)
+        client = registry.connect(settings.tracking_uri, settings.connect_retries, identity=ROLLOUT)
         version = document.served_version(isvc)
         if percent is not None and percent < 100:
             problem = _canary_problem(status, int(percent))
@@ -262,7 +276,7 @@ def rollback(settings: RolloutSettings, backend: Backend) -> dict[str, Any]:
         if predictor.get("canaryTrafficPercent") not in (None, 100):
             predictor["canaryTrafficPercent"] = 0
             return _apply_and_wait(backend, isvc, settings.timeout)
-        client = registry.connect(settings.tracking_uri, settings.connect_retries)
+        client = registry.connect(settings.tracking_uri, settings.connect_retries, identity=ROLLOUT)
         served = document.served_version(isvc)
         with registry.mlflow_errors("reading the aliases", settings.tracking_uri):
             champion = registry.alias_version(client, settings.model_name, CHAMPION)
@@ -280,8 +294,11 @@ def rollback(settings: RolloutSettings, backend: Backend) -> dict[str, Any]:
                 f"nothing to roll back to: no canary is running and no version is aliased "
                 f"{PREVIOUS!r} (it is set when a promote replaces a {CHAMPION})"
             )
-        uri = storage_uri_for(client, settings, target)
-        document.set_version(isvc, uri, target)
+        uri, digest = artefact_of(client, settings, target, force=True)
+        if digest is None:
+            log.warning("version %s has no recorded artefact digest: rolling back unverified",
+                        target)  # fmt: skip
+        document.set_version(isvc, uri, target, digest)
         predictor.pop("canaryTrafficPercent", None)
         log.info("rolling back to version %s (%s)", target, uri)
         try:

@@ -74,7 +74,9 @@ def _latest_registered_version() -> int:
         "--",
         "python",
         "-c",
-        "import mlflow; c = mlflow.MlflowClient('http://127.0.0.1:5000'); "
+        "import os, mlflow; os.environ['MLFLOW_TRACKING_USERNAME'] = 'admin'; "
+        "os.environ['MLFLOW_TRACKING_PASSWORD'] = os.environ['MLFLOW_AUTH_ADMIN_PASSWORD']; "
+        "c = mlflow.MlflowClient('http://127.0.0.1:5000'); "
         "print(max(int(v.version) for v in c.search_model_versions(\"name='movie-recommender'\")))",
     )
     return int(out.strip().splitlines()[-1])

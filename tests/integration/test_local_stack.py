@@ -22,7 +22,13 @@ import pytest
 import requests
 
 from localstack.processes import free_port, spawn, stop_group, wait_healthy
-from tests.support.stack import Session, registered_version
+from tests.support.stack import (
+    Session,
+    registered_version,
+    serve_only,
+    served_versions,
+    train_two_versions,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,29 +38,7 @@ MODEL = "movie-recommender"
 
 @pytest.fixture(scope="module")
 def versions(stack: Session) -> dict[str, str]:
-    """Crawl, build features and train twice (same recipe): versions "first" and "second".
-
-    Each test that needs them asks for this fixture, so any test runs alone (``-k``) or in any
-    order; the training output is kept for the tests that check what training printed.
-    """
-    if "first" not in stack.versions:
-        stack.run("pipelines.crawl", "--start-page", "1", "--end-page", "20")
-        stack.run("pipelines.features", "build", "--users", "600", "--seed", "5")
-        for name in ("first", "second"):
-            proc = stack.run("pipelines.train")
-            stack.versions[name] = registered_version(proc.stdout)
-            stack.outputs[name] = proc.stdout
-    return stack.versions
-
-
-def serve_only(stack: Session, version: str) -> None:
-    """Start from a known state: ``version`` rolled out at 100 % (and champion)."""
-    stack.run("pipelines.rollout", "canary", "--version", version, "--percent", "100")
-    assert served_versions(stack, 10) == {version}
-
-
-def served_versions(stack: Session, n: int) -> set[str]:
-    return {stack.predict([{"user_id": 1}]).headers["X-Model-Version"] for _ in range(n)}
+    return train_two_versions(stack)
 
 
 def test_only_loopback_listens(stack: Session) -> None:
@@ -70,10 +54,27 @@ def test_only_loopback_listens(stack: Session) -> None:
         assert set(addresses) == {"127.0.0.1"}, addresses
 
 
-def test_before_any_rollout_predict_says_what_to_do(stack: Session) -> None:
-    response = stack.predict([{"user_id": 1}])
-    assert response.status_code == 503
-    assert "pipelines.rollout canary" in response.json()["error"]
+def test_before_any_rollout_predict_says_what_to_do(stack: Session, tmp_path: Path) -> None:
+    # a fresh ingress over an empty state directory: nothing deployed yet
+    port = free_port()
+    log_file = tmp_path / "ingress.log"
+    proc = spawn(
+        [sys.executable, "-m", "localstack.ingress", "--port", str(port),
+         "--root", str(tmp_path / ".local"), "--mlflow-url", stack.settings.mlflow_url],
+        log_file=log_file,
+    )  # fmt: skip
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/healthz", timeout=60, process=proc,
+                     log_file=log_file)  # fmt: skip
+        response = requests.post(
+            f"http://127.0.0.1:{port}/v1/models/{MODEL}:predict",
+            json={"instances": [{"user_id": 1}]},
+            timeout=10,
+        )
+        assert response.status_code == 503
+        assert "pipelines.rollout canary" in response.json()["error"]
+    finally:
+        stop_group(proc.pid)
 
 
 def test_crawl_features_train_registers_the_first_version_as_champion(

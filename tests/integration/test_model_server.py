@@ -1,13 +1,16 @@
 """The model server as a real process on loopback: predictions, versioning, bad input, metrics.
 
-One server (``python -m model_server --model_dir <artefact> --http_port <free>``) serves the
-module; the artefact is an EASE model trained in a fixture on synthetic data. Every bad-input case
-is sent over real HTTP and followed by a good request, so a server that dies or wedges fails.
+One server (``python -m model_server --model_dir <artefact> --http_port <free> --enable_grpc
+true --grpc_port <free>``) serves the module; the artefact is an EASE model trained in a fixture
+on synthetic data. V1 is spoken over plain HTTP and KServe's V1 client, V2 with KServe's own
+clients (`kserve.InferenceRESTClient`, `kserve.InferenceGRPCClient`). Every bad-input case is
+sent over the wire and followed by a good request, so a server that dies or wedges fails.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import shutil
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 import requests
 
@@ -46,10 +50,16 @@ class Server:
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    grpc_port: int | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc_url(self) -> str:
+        assert self.grpc_port is not None, "started without gRPC"
+        return f"127.0.0.1:{self.grpc_port}"
 
     @property
     def predict_url(self) -> str:
@@ -66,15 +76,24 @@ class Server:
         return 0.0
 
 
-def _start(model_dir: Path, log_path: Path, *extra: str, env: dict[str, str] | None = None):
+def _start(
+    model_dir: Path,
+    log_path: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    grpc: bool = False,
+) -> Server:
     port = _free_port()
+    grpc_port = _free_port() if grpc else None
     command = [sys.executable, "-m", "model_server", "--model_name", MODEL]
     command += ["--model_dir", str(model_dir), "--http_port", str(port), *extra]
+    if grpc_port is not None:
+        command += ["--enable_grpc", "true", "--grpc_port", str(grpc_port)]
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT, env=env
         )
-    return Server(process, port, log_path)
+    return Server(process, port, log_path, grpc_port)
 
 
 def _wait_ready(server: Server) -> None:
@@ -84,7 +103,7 @@ def _wait_ready(server: Server) -> None:
         if server.process.poll() is not None:
             break
         try:
-            if requests.get(url, timeout=1).status_code == 200:
+            if requests.get(url, timeout=1).status_code == 200 and _grpc_accepts(server):
                 return
         except requests.ConnectionError:
             pass
@@ -93,6 +112,16 @@ def _wait_ready(server: Server) -> None:
     raise RuntimeError(
         f"model server did not become ready; its log:\n{server.log_path.read_text()}"
     )
+
+
+def _grpc_accepts(server: Server) -> bool:
+    if server.grpc_port is None:
+        return True
+    try:
+        socket.create_connection(("127.0.0.1", server.grpc_port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def _stop(server: Server) -> None:
@@ -124,7 +153,7 @@ def reference(artefact: Path) -> FittedRecommender:
 @pytest.fixture(scope="module")
 def server(artefact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env = {**os.environ, "MODEL_VERSION": VERSION}
-    srv = _start(artefact, tmp_path_factory.mktemp("server") / "server.log", env=env)
+    srv = _start(artefact, tmp_path_factory.mktemp("server") / "server.log", env=env, grpc=True)
     _wait_ready(srv)
     yield srv
     _stop(srv)
@@ -436,6 +465,476 @@ def test_metrics_count_predictions_fallbacks_and_rejections(server: Server) -> N
     assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 1]
     text = requests.get(f"{server.base_url}/metrics", timeout=5).text
     assert f'request_predict_seconds_count{{model_name="{MODEL}"}}' in text
+
+
+# -- V2 (Open Inference Protocol), over REST and gRPC, with KServe's own clients -----------
+
+
+def _v2_request(
+    users: list[int],
+    histories: list[list[int]] | None = None,
+    k: int | None = None,
+    exclude_seen: bool | None = None,
+    outputs: list[str] | None = None,
+) -> Any:
+    """A `kserve.InferRequest` in the documented layout (numpy tensors, as a client has them)."""
+    from kserve import InferInput, InferRequest
+    from kserve.protocol.infer_type import RequestedOutput
+
+    tensors = {"user_id": np.array(users, dtype=np.int64)}
+    if histories is not None:
+        width = max(len(h) for h in histories)
+        tensors["history"] = np.array([h + [-1] * (width - len(h)) for h in histories], np.int64)
+    if k is not None:
+        tensors["k"] = np.array([k], dtype=np.int64)
+    if exclude_seen is not None:
+        tensors["exclude_seen"] = np.array([exclude_seen])
+    inputs = []
+    for name, array in tensors.items():
+        tensor = InferInput(name, list(array.shape), "BOOL" if array.dtype == bool else "INT64")
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    requested = [RequestedOutput(name) for name in outputs] if outputs else None
+    return InferRequest(MODEL, inputs, request_outputs=requested)
+
+
+def _rows(response: Any) -> list[dict[str, Any]]:
+    """A V2 response as V1-shaped predictions (padding dropped), checking the documented shapes."""
+    outputs = {o.name: o for o in response.outputs}
+    assert set(outputs) == {"content_ids", "scores", "fallback", "reason"}
+    content_ids, scores = outputs["content_ids"].as_numpy(), outputs["scores"].as_numpy()
+    fallback, reason = outputs["fallback"].as_numpy(), outputs["reason"].as_numpy()
+    assert (outputs["content_ids"].datatype, outputs["scores"].datatype) == ("INT64", "FP32")
+    assert (outputs["fallback"].datatype, outputs["reason"].datatype) == ("BOOL", "BYTES")
+    n = len(fallback)
+    assert content_ids.shape == scores.shape and content_ids.shape[0] == n == len(reason)
+    rows = []
+    for i in range(n):
+        kept = content_ids[i] != -1
+        assert kept.tolist() == sorted(kept.tolist(), reverse=True)  # padding only at the end
+        text = reason[i].decode() if isinstance(reason[i], bytes) else str(reason[i])
+        rows.append(
+            {
+                "content_ids": content_ids[i][kept].tolist(),
+                "scores": scores[i][kept].tolist(),
+                "fallback": bool(fallback[i]),
+                "reason": text or None,
+            }
+        )
+    return rows
+
+
+def _assert_same_as_v1(rows: list[dict[str, Any]], v1: list[dict[str, Any]]) -> None:
+    assert len(rows) == len(v1)
+    for row, expected in zip(rows, v1, strict=True):
+        assert row["content_ids"] == expected["content_ids"]
+        assert row["scores"] == pytest.approx(expected["scores"], rel=1e-6)  # FP32 vs JSON float
+        assert (row["fallback"], row["reason"]) == (expected["fallback"], expected["reason"])
+
+
+def _v1_of(users: list[int], histories: list[list[int]], k: int, exclude_seen: bool) -> list[Any]:
+    return [
+        {
+            **({"user_id": u} if u != -1 else {}),
+            **({"history": h} if h else {}),
+            "k": k,
+            "exclude_seen": exclude_seen,
+        }
+        for u, h in zip(users, histories, strict=True)
+    ]
+
+
+def _mixed_rows(reference: FittedRecommender) -> tuple[list[int], list[list[int]]]:
+    """Known users (one with a history), unknown users, anonymous histories (one partly unknown)."""
+    items = [int(i) for i in reference.item_ids]
+    most_seen = int(np.argmax(np.diff(reference.seen.indptr)))  # the shortest unseen ranking
+    users = [int(u) for u in reference.user_ids[[most_seen, 30, 77]]] + [10**9, -1, -1, 10**9 + 1]
+    histories = [[], [items[5]], [], [], [items[1], items[9]], [items[3], 999_999_001], [items[7]]]
+    return users, histories
+
+
+@pytest.mark.parametrize("exclude_seen", [True, False])
+def test_kserve_v2_rest_client_answers_as_v1_and_in_process(
+    server: Server, reference: FittedRecommender, exclude_seen: bool
+) -> None:
+    from kserve import InferenceRESTClient, RESTConfig
+
+    users, histories = _mixed_rows(reference)
+    k = 100  # longer than most known users' unseen items: short rows are padded
+
+    async def call() -> tuple[Any, dict[str, str]]:
+        client = InferenceRESTClient(config=RESTConfig(protocol="v2", retries=0, timeout=10))
+        headers: dict[str, str] = {}
+        try:
+            response = await client.infer(
+                server.base_url,
+                _v2_request(users, histories, k, exclude_seen),
+                model_name=MODEL,
+                response_headers=headers,
+            )
+            assert await client.is_server_ready(server.base_url)
+            assert await client.is_server_live(server.base_url)
+            assert await client.is_model_ready(server.base_url, MODEL)
+        finally:
+            await client.close()
+        return response, headers
+
+    response, headers = asyncio.run(call())
+    assert headers["x-model-version"] == VERSION
+    assert response.model_name == MODEL
+    rows = _rows(response)
+    assert response.outputs[0].shape == [len(users), k]
+    v1 = server.predict(_v1_of(users, histories, k, exclude_seen)).json()["predictions"]
+    _assert_same_as_v1(rows, v1)
+    if exclude_seen:  # a user who has seen more than n_items - k items gets a padded row
+        assert any(len(r["content_ids"]) < k for r in rows), "no short row: padding untested"
+    assert [r["fallback"] for r in rows] == [False, False, False, True, False, False, False]
+    assert "999999001" in rows[5]["reason"]
+    for (user, history), row in zip(zip(users, histories, strict=True), rows, strict=True):
+        expected = reference.recommend(
+            user_id=None if user == -1 else user,
+            history=[h for h in history if h != 999_999_001] or None,
+            k=k,
+            exclude_seen=exclude_seen,
+        )
+        assert row["content_ids"] == expected.content_ids.tolist()
+
+
+def test_kserve_v2_grpc_client_answers_as_v1(server: Server, reference: FittedRecommender) -> None:
+    from kserve import InferenceGRPCClient
+
+    users, histories = _mixed_rows(reference)
+
+    async def call() -> tuple[Any, Any, tuple[bool, bool, bool]]:
+        async with InferenceGRPCClient(server.grpc_url, retries=0, timeout=10) as client:
+            full = await client.infer(_v2_request(users, histories, k=7))
+            some = await client.infer(_v2_request(users[:2], outputs=["fallback", "content_ids"]))
+            health = (
+                await client.is_server_ready(),
+                await client.is_server_live(),
+                await client.is_model_ready(MODEL),
+            )
+        return full, some, health
+
+    full, some, health = asyncio.run(call())
+    assert health == (True, True, True)
+    assert (full.model_name, full.model_version) == (MODEL, VERSION)
+    v1 = server.predict(_v1_of(users, histories, 7, True)).json()["predictions"]
+    _assert_same_as_v1(_rows(full), v1)
+    assert [o.name for o in some.outputs] == ["fallback", "content_ids"]
+    first_two = server.predict([{"user_id": u} for u in users[:2]]).json()["predictions"]
+    assert some.outputs[1].as_numpy().tolist() == [p["content_ids"] for p in first_two]
+
+
+def test_v2_model_metadata_lists_the_tensors(server: Server) -> None:
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+    inputs = [
+        ("user_id", "INT64", [-1]),
+        ("history", "INT64", [-1, -1]),
+        ("k", "INT64", [1]),
+        ("exclude_seen", "BOOL", [1]),
+    ]
+    outputs = [
+        ("content_ids", "INT64", [-1, -1]),
+        ("scores", "FP32", [-1, -1]),
+        ("fallback", "BOOL", [-1]),
+        ("reason", "BYTES", [-1]),
+    ]
+    rest = requests.get(f"{server.base_url}/v2/models/{MODEL}", timeout=5).json()
+    assert rest["name"] == MODEL
+    assert [(t["name"], t["datatype"], t["shape"]) for t in rest["inputs"]] == inputs
+    assert [(t["name"], t["datatype"], t["shape"]) for t in rest["outputs"]] == outputs
+
+    async def call() -> Any:
+        async with grpc.aio.insecure_channel(server.grpc_url) as channel:
+            stub = GRPCInferenceServiceStub(channel)
+            return await stub.ModelMetadata(pb.ModelMetadataRequest(name=MODEL), timeout=10)
+
+    metadata = asyncio.run(call())
+    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == inputs
+    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.outputs] == outputs
+
+
+def _rejections(server: Server) -> float:
+    text = requests.get(f"{server.base_url}/metrics", timeout=5).text
+    prefix = "movie_recommender_rejected_requests_total{"
+    lines = [line for line in text.splitlines() if line.startswith(prefix)]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+
+def _json_tensor(name: str, shape: list[int], data: list[Any], datatype: str = "INT64") -> Any:
+    return {"name": name, "shape": shape, "datatype": datatype, "data": data}
+
+
+_USER = _json_tensor("user_id", [1], [1])
+V2_REST_BAD_INPUT = [
+    ("missing user_id", [_json_tensor("k", [1], [5])], 400, "input user_id is required"),
+    ("wrong datatype", [_json_tensor("user_id", [1], [1.0], "FP32")], 400, "must be INT64"),
+    ("float value", [_json_tensor("user_id", [1], [1.5])], 400, "input user_id must hold integ"),
+    ("bool value", [_json_tensor("user_id", [1], [True])], 400, "input user_id must hold integ"),
+    ("wrong rank", [_json_tensor("user_id", [1, 1], [[1]])], 400, "input user_id must have shape"),
+    ("shape vs data", [_json_tensor("user_id", [2], [1])], 400, "input user_id does not hold 2"),
+    ("negative user", [_json_tensor("user_id", [1], [-4])], 400, "input user_id[0]"),
+    ("k zero", [_USER, _json_tensor("k", [1], [0])], 400, "input k must be an integer in 1..100"),
+    ("k too big", [_USER, _json_tensor("k", [1], [101])], 400, "input k must be an integer"),
+    ("k shape", [_USER, _json_tensor("k", [2], [1, 2])], 400, "input k must have shape [1]"),
+    (
+        "too many rows",
+        [_json_tensor("user_id", [1001], [1] * 1001)],
+        413,
+        "input user_id has 1001 rows",
+    ),
+    (
+        "history rows",
+        [_json_tensor("user_id", [2], [1, 2]), _json_tensor("history", [1, 1], [[3]])],
+        400,
+        "input history must have shape [n, h]",
+    ),
+    (
+        "history only unknown ids",
+        [_json_tensor("user_id", [1], [-1]), _json_tensor("history", [1, 2], [[999999001, -1]])],
+        422,
+        "input history row 0 holds no content id the model knows",
+    ),
+    (
+        "nothing to rank",
+        [_json_tensor("user_id", [1], [-1])],
+        400,
+        "row 0 needs a user_id or a non-empty history",
+    ),
+    (
+        "exclude_seen not BOOL",
+        [_USER, _json_tensor("exclude_seen", [1], [0])],
+        400,
+        "input exclude_seen must be BOOL",
+    ),
+    ("unknown input", [_json_tensor("userid", [1], [1])], 400, "input 'userid' is not an input"),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "names"),
+    [
+        pytest.param(json.dumps({"inputs": case[1]}).encode(), *case[2:], id=case[0])
+        for case in V2_REST_BAD_INPUT
+    ]
+    + [
+        pytest.param(b'{"inputs": [', 400, "not valid JSON", id="invalid JSON"),
+        pytest.param(b'{"input": []}', 400, "inputs: Field required", id="no inputs"),
+        pytest.param(
+            b'{"inputs": [{"name": "user_id", "shape": 1, "datatype": "INT64", "data": [1]}]}',
+            400,
+            "inputs[0].shape",
+            id="shape not a list",
+        ),
+        pytest.param(
+            json.dumps({"inputs": [_USER], "outputs": [{"name": "score"}]}).encode(),
+            400,
+            "output 'score' is not an output",
+            id="unknown output",
+        ),
+    ],
+)
+def test_v2_rest_bad_input_gets_a_clear_4xx(
+    server: Server, body: bytes, status: int, names: str
+) -> None:
+    _assert_v2_rest_rejects(server, body, {"Content-Type": "application/json"}, status, names)
+
+
+_BINARY_USER = {"name": "user_id", "shape": [1], "datatype": "INT64"}
+
+
+@pytest.mark.parametrize(
+    ("header", "names"),
+    [
+        pytest.param({}, "lacks the field 'inputs'", id="no inputs"),
+        pytest.param(
+            {"inputs": [{**_BINARY_USER, "parameters": {"binary_data_size": 8}}]},
+            "V2 request cannot be read",
+            id="tensor bytes missing",
+        ),
+    ],
+)
+def test_v2_rest_binary_extension_bad_input_gets_a_400(
+    server: Server, header: dict[str, Any], names: str
+) -> None:
+    """The binary-data extension: a JSON header of the given length, then the raw tensors."""
+    body = json.dumps(header).encode()
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(body)),
+    }
+    _assert_v2_rest_rejects(server, body, headers, 400, names)
+
+
+def _assert_v2_rest_rejects(
+    server: Server, body: bytes, headers: dict[str, str], status: int, names: str
+) -> None:
+    url = f"{server.base_url}/v2/models/{MODEL}/infer"
+    before = _rejections(server)
+    response = requests.post(url, data=body, headers=headers, timeout=10)
+    assert response.status_code == status, response.text
+    assert names in response.json()["error"]
+    assert response.headers["X-Model-Version"] == VERSION
+    assert _rejections(server) == before + 1
+    good = requests.post(url, json={"inputs": [_USER]}, timeout=10)
+    assert good.status_code == 200, good.text
+    assert requests.get(f"{server.base_url}/v2/health/ready", timeout=5).status_code == 200
+
+
+def _grpc_tensor(name: str, shape: list[int], data: list[Any], datatype: str = "INT64") -> Any:
+    """A tensor sent as typed contents (``int64_contents``...), as a client without numpy would."""
+    from kserve import InferInput
+
+    return InferInput(name, shape, datatype, data=data)
+
+
+V2_GRPC_BAD_INPUT = [
+    ("missing user_id", lambda: [_grpc_tensor("k", [1], [5])], "input user_id is required"),
+    (
+        "wrong datatype",
+        lambda: [_grpc_tensor("user_id", [1], [1.0], "FP32")],
+        "input user_id must be INT64, not FP32",
+    ),
+    (
+        "wrong rank",
+        lambda: [_grpc_tensor("user_id", [1, 1], [1])],
+        "input user_id must have shape [n]",
+    ),
+    (
+        "shape vs data",
+        lambda: [_grpc_tensor("user_id", [3], [1, 2])],
+        "input user_id does not hold 3",
+    ),
+    (
+        "k out of range",
+        lambda: [_grpc_tensor("user_id", [1], [1]), _grpc_tensor("k", [1], [500])],
+        "input k must be an integer in 1..100 (got 500)",
+    ),
+    (
+        "too many rows",
+        lambda: [_grpc_tensor("user_id", [1001], [1] * 1001)],
+        "input user_id has 1001 rows",
+    ),
+    (
+        "history only unknown ids",
+        lambda: [_grpc_tensor("user_id", [1], [-1]), _grpc_tensor("history", [1, 1], [999999001])],
+        "input history row 0 holds no content id",
+    ),
+    ("unknown input", lambda: [_grpc_tensor("user", [1], [1])], "input 'user' is not an input"),
+]
+
+
+@pytest.mark.parametrize(
+    ("make_inputs", "names"),
+    [pytest.param(make, names, id=name) for name, make, names in V2_GRPC_BAD_INPUT],
+)
+def test_v2_grpc_bad_input_is_invalid_argument(
+    server: Server, make_inputs: Any, names: str
+) -> None:
+    import grpc
+    from kserve import InferenceGRPCClient, InferRequest
+
+    async def call() -> tuple[Any, bool, Any]:
+        async with InferenceGRPCClient(server.grpc_url, retries=0, timeout=10) as client:
+            with pytest.raises(grpc.RpcError) as raised:
+                await client.infer(InferRequest(MODEL, make_inputs()))
+            good = await client.infer(_v2_request([1]))
+            return raised.value, await client.is_server_ready(), good
+
+    before = _rejections(server)
+    error, ready, good = asyncio.run(call())
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert names in error.details()
+    assert _rejections(server) == before + 1
+    assert ready
+    assert good.outputs[0].as_numpy().shape == (1, 10)
+
+
+# -- the data plane serves inference, health and metadata only ------------------------------
+
+
+def test_unload_request_is_refused_and_predict_keeps_working(
+    server: Server, reference: FittedRecommender
+) -> None:
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+    user = int(reference.user_ids[4])
+    expected = server.predict([{"user_id": user, "k": 5}]).json()["predictions"]
+    repository = f"{server.base_url}/v2/repository/models/{MODEL}"
+    assert requests.post(f"{repository}/unload", timeout=5).status_code == 404
+    assert requests.post(f"{repository}/load", timeout=5).status_code == 404
+
+    async def call() -> list[Any]:
+        codes = []
+        async with grpc.aio.insecure_channel(server.grpc_url) as channel:
+            stub = GRPCInferenceServiceStub(channel)
+            for rpc, message in (
+                (stub.RepositoryModelUnload, pb.RepositoryModelUnloadRequest(model_name=MODEL)),
+                (stub.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name=MODEL)),
+            ):
+                with pytest.raises(grpc.RpcError) as raised:
+                    await rpc(message, timeout=10)
+                codes.append(raised.value.code())
+        return codes
+
+    assert asyncio.run(call()) == [grpc.StatusCode.UNIMPLEMENTED] * 2
+    after = server.predict([{"user_id": user, "k": 5}])
+    assert after.status_code == 200
+    assert after.json()["predictions"] == expected
+    v2 = requests.post(
+        f"{server.base_url}/v2/models/{MODEL}/infer",
+        json={"inputs": [{"name": "user_id", "shape": [1], "datatype": "INT64", "data": [user]}]},
+        timeout=10,
+    )
+    assert v2.status_code == 200
+    for probe in ("/", "/v2/health/live", "/v2/health/ready", f"/v1/models/{MODEL}"):
+        assert requests.get(f"{server.base_url}{probe}", timeout=5).status_code == 200, probe
+    metadata = requests.get(f"{server.base_url}/v2", timeout=5).json()
+    assert metadata["extensions"] == []  # the repository extension is not advertised either
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", f"/v1/models/{MODEL}:explain"),
+        ("POST", f"/v2/models/{MODEL}/versions/1/infer"),
+        ("GET", f"/v2/models/{MODEL}/versions/1"),
+        ("GET", "/openapi.json"),
+        ("DELETE", f"/v2/models/{MODEL}"),
+    ],
+)
+def test_routes_beyond_inference_health_and_metadata_are_not_found(
+    server: Server, method: str, path: str
+) -> None:
+    response = requests.request(method, f"{server.base_url}{path}", timeout=5)
+    assert response.status_code == 404, response.text
+
+
+def test_served_routes_answer(server: Server) -> None:
+    for path in ("/", "/metrics", "/v1/models", "/v2", "/v2/models", f"/v2/models/{MODEL}/ready"):
+        response = requests.get(f"{server.base_url}{path}", timeout=5)
+        assert response.status_code == 200, (path, response.text)
+    assert requests.get(f"{server.base_url}/v2/models", timeout=5).json()["models"] == [MODEL]
+
+
+def _loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 on a dual-stack socket
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def test_nothing_listens_beyond_loopback(server: Server) -> None:
+    process = psutil.Process(server.process.pid)
+    connections = getattr(process, "net_connections", process.connections)(kind="inet")
+    listening = [c.laddr for c in connections if c.status == psutil.CONN_LISTEN]
+    assert {address.port for address in listening} == {server.port, server.grpc_port}
+    assert all(_loopback(address.ip) for address in listening), listening
 
 
 # -- start-up ------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from contracts.names import CHAMPION, VERSION_HEADER
-from tests.support.stack import MODEL, REPO_ROOT, Session, registered_version
+from tests.support.stack import MODEL, REPO_ROOT, Session, registered_version, serve_only
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,14 +38,20 @@ def ml100k() -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(stack: Session, ml100k: Path) -> dict[str, str]:
+def data_env(stack: Session) -> dict[str, str]:
+    """A data directory of this module's own (the stack's MLflow and ingress are shared)."""
+    return {"DATA_DIR": str(stack.data_dir.parent / "ml100k-data")}
+
+
+@pytest.fixture(scope="module")
+def trained(stack: Session, ml100k: Path, data_env: dict[str, str]) -> dict[str, str]:
     """Features from the file, one training run, the version rolled out to 100 %."""
-    built = stack.run("pipelines.features", "build", "--interactions", str(ml100k))
+    built = stack.run("pipelines.features", "build", "--interactions", str(ml100k), env=data_env)
     assert "100000 interactions" in built.stdout, built.stdout
-    proc = stack.run("pipelines.train")
+    proc = stack.run("pipelines.train", env=data_env)
     assert "pipelines.train: fitting ease" in proc.stderr and "__main__" not in proc.stderr
     version = registered_version(proc.stdout)
-    stack.run("pipelines.rollout", "canary", "--version", version)
+    stack.run("pipelines.rollout", "canary", "--version", version, "--percent", "100")
     return {"version": version, "train_stdout": proc.stdout}
 
 
@@ -57,8 +63,10 @@ def test_a_public_ratings_file_trains_registers_and_serves(
     version = trained["version"]
     client = MlflowClient(tracking_uri=stack.settings.mlflow_url)
     mv = client.get_model_version(MODEL, version)
-    # registered as challenger and (the first version) champion; rolled out, it is champion only
-    assert "aliases: challenger, champion" in trained["train_stdout"]
+    serve_only(stack, version)
+    # registered as challenger (and champion if it is the registry's first version); rolled out
+    # at 100 %, it is champion only
+    assert "aliases: challenger" in trained["train_stdout"]
     assert mv.aliases == [CHAMPION]
     assert mv.tags["quality_gate"] == "passed"
     # MovieLens' own ids: 943 users, 1,682 films, ids starting at 1 (not the simulator's 0/1)
@@ -90,6 +98,7 @@ def test_the_pyfunc_flavour_takes_int64_ids_histories_and_both(
     import mlflow.pyfunc
 
     version = trained["version"]
+    serve_only(stack, version)
     mlflow.set_tracking_uri(stack.settings.mlflow_url)
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{version}")
     history = [50, 181, 258]
@@ -115,7 +124,7 @@ def test_the_pyfunc_flavour_takes_int64_ids_histories_and_both(
 
 
 def test_a_served_version_leads_back_to_the_file_it_was_trained_on(
-    stack: Session, trained: dict[str, str], ml100k: Path
+    stack: Session, trained: dict[str, str], ml100k: Path, data_env: dict[str, str]
 ) -> None:
     from mlflow import MlflowClient
 
@@ -133,7 +142,7 @@ def test_a_served_version_leads_back_to_the_file_it_was_trained_on(
     card = client.get_model_version(MODEL, version).description
     assert "Intended use" in card and "popularity" in card
 
-    walk = stack.run("pipelines.lineage", "--version", version).stdout
+    walk = stack.run("pipelines.lineage", "--version", version, env=data_env).stdout
     kinds = [line.split()[0] for line in walk.splitlines()]
     assert kinds == ["model", "run", "dataset", "feature", "interaction"], walk
     assert sha256_file(ml100k) in walk

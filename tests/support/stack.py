@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import psutil
 import requests
 
+from contracts import credentials
 from contracts.names import MODEL_NAME as MODEL
 from localstack.processes import free_port
 from localstack.stack import StackSettings, down, up
@@ -74,11 +81,21 @@ def local_stack(root: Path) -> Iterator[Session]:
         TMDB_ACCESS_TOKEN="sandbox-token",
         TMDB_RATE_LIMIT="0",
     )
+    saved = {k: os.environ.get(k) for k in (credentials.USERNAME_ENV, credentials.PASSWORD_ENV)}
     try:
         up(settings)
+        # the test process reads MLflow as its admin; the CLIs it runs use their own identities
+        admin = credentials.read(settings.root, credentials.ADMIN)
+        assert admin is not None
+        os.environ[credentials.USERNAME_ENV], os.environ[credentials.PASSWORD_ENV] = admin
         yield Session(settings=settings, data_dir=root / "data", env=env)
     finally:
         down(settings)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def registered_version(stdout: str) -> str:
@@ -86,3 +103,94 @@ def registered_version(stdout: str) -> str:
         if line.startswith(f"registered {MODEL} version "):
             return line.split()[3]
     raise AssertionError(f"no registered version in:\n{stdout}")
+
+
+def train_two_versions(stack: Session) -> dict[str, str]:
+    """Crawl, build features and train twice (same recipe): versions "first" and "second".
+
+    Each test that needs them asks for this fixture, so any test runs alone (``-k``) or in any
+    order; the training output is kept for the tests that check what training printed.
+    """
+    if "first" not in stack.versions:
+        stack.run("pipelines.crawl", "--start-page", "1", "--end-page", "20")
+        stack.run("pipelines.features", "build", "--users", "600", "--seed", "5")
+        for name in ("first", "second"):
+            proc = stack.run("pipelines.train")
+            stack.versions[name] = registered_version(proc.stdout)
+            stack.outputs[name] = proc.stdout
+    return stack.versions
+
+
+def serve_only(stack: Session, version: str) -> None:
+    """Start from a known state: ``version`` rolled out at 100 % (and champion)."""
+    stack.run("pipelines.rollout", "canary", "--version", version, "--percent", "100")
+    assert served_versions(stack, 10) == {version}
+
+
+def served_versions(stack: Session, n: int) -> set[str]:
+    return {stack.predict([{"user_id": 1}]).headers["X-Model-Version"] for _ in range(n)}
+
+
+# -- observing a stack under faults --------------------------------------------------------------
+
+
+def observed(stack: Session) -> dict[str, Any]:
+    return json.loads(stack.settings.layout.status_file.read_text())["status"]
+
+
+def revision_of(stack: Session, version: str) -> dict[str, Any]:
+    """The newest revision serving ``version`` in the observed status."""
+    return [r for r in observed(stack)["revisions"] if r["modelVersion"] == version][-1]
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 60.0) -> float:
+    """Seconds until ``check()`` holds (fails the test after ``timeout``)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if check():
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise AssertionError(f"not {what} after {timeout:.0f} s")
+
+
+class Load:
+    """Requests in a loop on a thread, counting answers by status, until stopped."""
+
+    def __init__(self, stack: Session) -> None:
+        self.url, self.codes = stack.predict_url, Counter[int]()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                try:
+                    code = session.post(
+                        self.url, json={"instances": [{"user_id": 1}]}, timeout=10
+                    ).status_code
+                except requests.RequestException:
+                    code = 0
+                self.codes[code] += 1
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+    @property
+    def failed(self) -> int:
+        return sum(n for code, n in self.codes.items() if code != 200)
+
+
+def model_servers_under(stack: Session) -> list[int]:
+    """Pids of model servers serving artefacts of this stack."""
+    root = str(stack.settings.artifacts_dir.resolve())
+    pids = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "model_server" in cmdline and root in cmdline:
+            pids.append(proc.info["pid"])
+    return pids

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from contracts.names import CHALLENGER, CHAMPION, PREVIOUS
+from contracts.names import CHALLENGER, CHAMPION, DIGEST_TAG, PREVIOUS
 from pipelines import registry
 from pipelines.errors import ConfigError, RolloutError
 from pipelines.rollout import RolloutSettings, canary, promote, rollback
@@ -50,7 +50,7 @@ class Registry:
             self.name,
             f"runs:/{run.info.run_id}/model",
             run_id=run.info.run_id,
-            tags={"quality_gate": gate, **tags},
+            tags={"quality_gate": gate, DIGEST_TAG: f"sha256:{run.info.run_id}", **tags},
         )
         if gate == "passed":
             self.client.set_registered_model_alias(self.name, CHALLENGER, mv.version)
@@ -187,3 +187,89 @@ def test_the_gate_compares_with_the_champion_on_the_same_split() -> None:
     assert not failed.passed
     assert "new 0.1959 vs champion v3 0.2000 (its logged metric (same split))" in failed.detail
     assert "floor 0.1960" in failed.detail and failed.detail.endswith("FAIL")
+
+
+# -- registry first, then traffic; failures leave both consistent ------------------------------
+
+
+def _artefact_uri(reg: Registry, version: str) -> str:
+    run_id = reg.client.get_model_version(reg.name, version).run_id
+    return f"pvc://mlflow-artifacts/7/{run_id}/artifacts/kserve"
+
+
+def test_a_full_rollout_whose_revision_fails_puts_the_aliases_back(reg, settings) -> None:
+    v1, v2 = reg.register(), reg.register()
+    backend = InMemoryBackend()
+    canary(settings, backend, v1)
+    before = registry.alias_snapshot(reg.client, reg.name)
+    backend.failing = {_artefact_uri(reg, v2)}
+    with pytest.raises(RolloutError, match=f"champion stays version {v1}"):
+        canary(settings, backend, v2, percent=100)
+    assert backend.served() == {v1: 100}
+    assert registry.alias_snapshot(reg.client, reg.name) == before  # challenger v2 too
+
+
+def test_promote_refuses_a_canary_that_is_not_serving_its_share(reg, settings) -> None:
+    v1, v2 = reg.register(), reg.register()
+    backend = InMemoryBackend()
+    canary(settings, backend, v1)
+    backend.failing = {_artefact_uri(reg, v2)}
+    with pytest.raises(RolloutError, match="revision failed"):
+        canary(settings, backend, v2)
+    writes = backend.writes
+    with pytest.raises(RolloutError, match=r"not promoting: the canary revision .* is not ready"):
+        promote(settings, backend)
+    assert backend.writes == writes and reg.alias(CHAMPION) == v1
+
+
+def test_a_version_whose_registration_did_not_finish_is_refused(reg, settings, backend) -> None:
+    v1 = reg.register(gate="passed", registration="pending")
+    with pytest.raises(RolloutError, match="did not finish"):
+        canary(settings, backend, v1)
+    canary(settings, backend, v1, force=True)
+    assert backend.served() == {v1: 100}
+
+
+def test_rollback_finishes_an_interrupted_rollback(reg, settings, backend) -> None:
+    v1, v2 = reg.register(), reg.register()
+    canary(settings, backend, v1)
+    canary(settings, backend, v2, percent=100)
+    # what a rollback killed between its registry write and its traffic write leaves behind
+    registry.restore_previous(reg.client, reg.name, v1)
+    assert backend.served() == {v2: 100}
+    rollback(settings, backend)
+    assert backend.served() == {v1: 100}
+    assert (reg.alias(CHAMPION), reg.alias(PREVIOUS)) == (v1, None)
+
+
+def test_promote_twice_is_harmless(reg, settings, backend) -> None:
+    v1, v2 = reg.register(), reg.register()
+    canary(settings, backend, v1)
+    canary(settings, backend, v2)
+    promote(settings, backend)
+    promote(settings, backend)  # a rerun after success: nothing to do, nothing breaks
+    assert backend.served() == {v2: 100}
+    assert (reg.alias(CHAMPION), reg.alias(PREVIOUS)) == (v2, v1)
+
+
+def test_the_digest_recorded_at_registration_goes_into_the_inferenceservice(
+    reg, settings, backend
+) -> None:
+    v1 = reg.register()
+    canary(settings, backend, v1)
+    env = {
+        e["name"]: e["value"] for e in backend.get()["spec"]["predictor"]["containers"][0]["env"]
+    }
+    assert env["MODEL_DIGEST"] == reg.client.get_model_version(reg.name, v1).tags[DIGEST_TAG]
+
+
+def test_a_version_without_a_recorded_digest_is_refused_unless_forced(
+    reg, settings, backend
+) -> None:
+    v1 = reg.register()
+    reg.client.delete_model_version_tag(reg.name, v1, DIGEST_TAG)
+    with pytest.raises(RolloutError, match="no recorded artefact digest"):
+        canary(settings, backend, v1)
+    canary(settings, backend, v1, force=True)
+    env = backend.get()["spec"]["predictor"]["containers"][0]["env"]
+    assert "MODEL_DIGEST" not in {e["name"] for e in env}
