@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from typing import TypeVar
 import typer
 
 from contracts.errors import ProjectError
+from pipelines.errors import DISK_FULL_ERRNOS, StorageError
 
 T = TypeVar("T")
 
@@ -29,12 +31,22 @@ def configure_logging(verbose: bool = False) -> None:
 
 
 def run(fn: Callable[[], T]) -> T:
-    """Call a stage; a `ProjectError` becomes one clear line on stderr and its exit code."""
+    """Call a stage; a `ProjectError` becomes one clear line on stderr and its exit code.
+
+    A full or read-only disk met outside the stages' own handling is `StorageError`'s line and
+    exit code too, rather than a traceback.
+    """
     try:
         return fn()
     except ProjectError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=err.exit_code) from err
+    except OSError as err:
+        if err.errno not in DISK_FULL_ERRNOS | {errno.EROFS}:
+            raise
+        storage = StorageError.from_os_error(err, err.filename or "the data directory")
+        typer.echo(f"error: {storage}", err=True)
+        raise typer.Exit(code=storage.exit_code) from err
     except KeyboardInterrupt as err:
         typer.echo("interrupted: nothing was published", err=True)
         raise typer.Exit(code=130) from err

@@ -36,7 +36,7 @@ import typer
 from contracts import layout
 from contracts.settings import DATA_DIR
 from pipelines.cli import configure_logging, run
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, StorageError, is_storage_failure
 from pipelines.lineage import code_version
 from pipelines.snapshots import SnapshotStore, isoformat, utc_now
 from pipelines.tmdb import (
@@ -215,10 +215,17 @@ class PartialPages:
         """
         file = self.page_file(page.page)
         tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
-        tmp.write_text(
-            json.dumps(page.to_json(), ensure_ascii=False, separators=(",", ":")), encoding="utf-8"
-        )
-        os.replace(tmp, file)
+        data = json.dumps(page.to_json(), ensure_ascii=False, separators=(",", ":"))
+        try:
+            tmp.write_text(data, encoding="utf-8")
+            os.replace(tmp, file)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            if is_storage_failure(err):
+                raise StorageError.from_os_error(
+                    err, file, len(data.encode("utf-8")), what="pages fetched so far are kept"
+                ) from err
+            raise
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -440,17 +447,21 @@ def crawl(settings: CrawlSettings) -> CrawlResult:
             "finished_at": isoformat(finished_at),
             "code_version": code_version(),
         }
+        # serialised first, so a full disk is reported with the space needed before writing
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(rows, schema=MOVIES_SCHEMA), sink)
+        files = {
+            layout.RAW_MOVIES: sink.getvalue().to_pybytes(),
+            layout.RAW_QUARANTINE: "".join(
+                json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n" for entry in quarantine
+            ).encode("utf-8"),
+            layout.RAW_GENRES: (
+                json.dumps({"genres": genres}, ensure_ascii=False, indent=2) + "\n"
+            ).encode("utf-8"),
+        }
         with store.staging(snapshot_id) as staging:
-            table = pa.Table.from_pylist(rows, schema=MOVIES_SCHEMA)
-            pq.write_table(table, staging / layout.RAW_MOVIES)
-            with (staging / layout.RAW_QUARANTINE).open("w", encoding="utf-8") as fh:
-                for entry in quarantine:
-                    fh.write(json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n")
-            (staging / layout.RAW_GENRES).write_text(
-                json.dumps({"genres": genres}, ensure_ascii=False, indent=2) + "\n",
-                encoding="utf-8",
-            )
-            path = store.publish(staging, snapshot_id, manifest)
+            store.write_files(staging, files)
+            path = store.publish(staging, snapshot_id, manifest).path
         partial.remove()
 
     return CrawlResult(

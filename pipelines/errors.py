@@ -8,7 +8,15 @@ every `contracts.errors.ProjectError`, the recommenders' errors included).
 
 from __future__ import annotations
 
+import errno
+import shutil
+from pathlib import Path
+
 from contracts.errors import ProjectError
+
+# errno values that mean "this disk cannot take the write", whatever the file
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+NOT_WRITABLE_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 class PipelineError(ProjectError):
@@ -30,9 +38,67 @@ class SnapshotNotFoundError(PipelineError):
 
 
 class SnapshotCorruptError(PipelineError):
-    """A snapshot's files do not match the checksums in its manifest."""
+    """A snapshot or its ``latest`` pointer is unreadable or does not match its manifest.
+
+    Garbled or missing manifests, a manifest that does not cover every file of its directory
+    (or lists none), files whose size or sha256 differ, a ``latest`` that is not a snapshot id.
+    """
 
     exit_code = 3
+
+
+class StorageError(PipelineError):
+    """The disk is full or not writable (exit 12); nothing half-written is left behind.
+
+    `from_os_error` builds the one line a user sees: what could not be written, and for a full
+    disk how much space was needed (when known) and how much is free.
+    """
+
+    exit_code = 12
+
+    @classmethod
+    def from_os_error(
+        cls, err: OSError, path: Path | str, needed: int | None = None, *, what: str = ""
+    ) -> StorageError:
+        """The error for an ``OSError`` met while writing ``path`` (``needed`` bytes, if known)."""
+        path = Path(err.filename) if err.filename else Path(path)
+        if err.errno in DISK_FULL_ERRNOS:
+            parts = [] if needed is None else [f"{format_bytes(needed)} needed"]
+            free = _free_bytes(path)
+            if free is not None:
+                parts.append(f"{format_bytes(free)} free")
+            detail = f"disk full writing {path}" + (f" ({', '.join(parts)})" if parts else "")
+        elif err.errno in NOT_WRITABLE_ERRNOS:
+            detail = f"{path} is not writable ({err.strerror})"
+        else:
+            detail = f"cannot write {path}: {err.strerror or err}"
+        return cls(detail + (f"; {what}" if what else ""))
+
+
+def is_storage_failure(err: BaseException) -> bool:
+    """Whether an exception is a write the disk refused (full, quota, read-only, no access)."""
+    return isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS | NOT_WRITABLE_ERRNOS
+
+
+def format_bytes(n: float) -> str:
+    """``1536`` -> ``1.5 KB``: sizes in messages (decimal units, as ``df -H`` shows them)."""
+    if n < 1000:
+        return f"{n:.0f} B"
+    for unit in ("KB", "MB", "GB"):
+        n /= 1000
+        if n < 1000:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1000:.1f} TB"
+
+
+def _free_bytes(path: Path) -> int | None:
+    """Free bytes on the file system holding ``path`` (its nearest existing ancestor)."""
+    for candidate in (path, *path.parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except OSError:
+            continue
+    return None
 
 
 class InputValidationError(PipelineError):

@@ -3,9 +3,10 @@
 ``python -m pipelines.features build`` reads the latest (or a named) raw TMDB snapshot and writes
 ``DATA_DIR/features/<version>/`` with ``catalog.parquet``, ``interactions.parquet``, the
 rating-vs-watch-time plot and a manifest. Interactions come from the watch-log simulator
-(`pipelines.simulator`) or from a real log given with ``--interactions FILE`` (CSV or Parquet with
+(`pipelines.simulator`) or from a real log given with ``--interactions FILE``: CSV or Parquet with
 ``user_id``, ``content_id`` and at least one of ``watch_seconds`` / ``rating``, optional
-``timestamp``); a real log needs no TMDB snapshot at all.
+``timestamp``, or MovieLens' own files as distributed (``u.data``, ``ratings.dat``, ml-latest's
+``ratings.csv``; detected, or named with ``--format``). A real log needs no TMDB snapshot.
 
 The version is a digest of the inputs (source snapshot, input file, generator parameters, seed and
 this module's schema version): building the same inputs twice gives the same version and
@@ -16,11 +17,13 @@ and ``restore VERSION`` points ``latest`` back at an older one.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,7 +36,12 @@ from contracts import layout
 from contracts.files import sha256_file
 from contracts.settings import DATA_DIR
 from pipelines import cli
-from pipelines.errors import ConfigError, InputValidationError, SnapshotNotFoundError
+from pipelines.errors import (
+    ConfigError,
+    InputValidationError,
+    SnapshotCorruptError,
+    SnapshotNotFoundError,
+)
 from pipelines.simulator import SimulatorMode, SimulatorParams, simulate
 from pipelines.snapshots import SnapshotStore
 
@@ -97,6 +105,17 @@ CATALOG_SCHEMA = pa.DataFrameSchema(
 )
 
 
+class LogFormat(str, Enum):
+    """How an interaction log file is laid out (``auto``: detected from its name and bytes)."""
+
+    AUTO = "auto"
+    CSV = "csv"  # header naming user_id, content_id, watch_seconds and/or rating, timestamp
+    PARQUET = "parquet"  # the same columns, typed
+    ML_100K = "ml-100k"  # MovieLens u.data: user<TAB>item<TAB>rating<TAB>timestamp, no header
+    ML_1M = "ml-1m"  # MovieLens ratings.dat: UserID::MovieID::Rating::Timestamp, no header
+    ML_LATEST = "ml-latest"  # MovieLens ratings.csv: header userId,movieId,rating,timestamp
+
+
 @dataclass(frozen=True)
 class FeatureSettings:
     """Everything `build_features` needs, parsed once from flags and environment."""
@@ -104,6 +123,7 @@ class FeatureSettings:
     data_dir: Path = DATA_DIR.default_path
     raw_snapshot: str | None = None
     interactions_file: Path | None = None
+    interactions_format: LogFormat = LogFormat.AUTO
     simulator: SimulatorParams = field(default_factory=SimulatorParams)
 
 
@@ -158,23 +178,129 @@ def _parse_timestamps(values: pd.Series) -> pd.Series:
     return ts.dt.as_unit("us")
 
 
-def read_interactions(path: Path) -> pd.DataFrame:
-    """Read and validate a real interaction log (CSV or Parquet).
+# what each MovieLens file's columns are called here
+_MOVIELENS_COLUMNS = ["user_id", "content_id", "rating", "timestamp"]
+_ML_LATEST_NAMES = {"userId": "user_id", "movieId": "content_id"}
+_INT64_MAX = np.iinfo(np.int64).max
+_INT64_MIN = np.iinfo(np.int64).min
+_BEYOND_INT64 = "beyond the int64 range of ids"
 
-    Raises `InputValidationError` naming the failing rows (1-based data rows for CSV) and why.
+
+def detect_format(path: Path) -> LogFormat:
+    """The layout of an interaction log, from its first bytes (and its name as a hint).
+
+    Parquet by its magic bytes; MovieLens ``ratings.dat`` by ``::`` separators; ``u.data`` by a
+    first line of 3-4 tab-separated numbers; ml-latest's ``ratings.csv`` by its ``userId`` and
+    ``movieId`` header; any other ``.csv``/``.txt`` file is this project's CSV layout.
+    """
+    with path.open("rb") as fh:
+        head = fh.read(4096)
+    if head.startswith(b"PAR1") or path.suffix.lower() == ".parquet":
+        return LogFormat.PARQUET
+    first = head.split(b"\n", 1)[0].decode("utf-8", errors="replace").strip()
+    if "::" in first:
+        return LogFormat.ML_1M
+    fields = first.split("\t")
+    if len(fields) in (3, 4) and all(_is_number(f) for f in fields):
+        return LogFormat.ML_100K
+    header = {name.strip().strip('"') for name in first.split(",")}
+    if {"userId", "movieId"} <= header:
+        return LogFormat.ML_LATEST
+    if path.suffix.lower() in {".csv", ".txt"}:
+        return LogFormat.CSV
+    choices = ", ".join(f.value for f in LogFormat if f is not LogFormat.AUTO)
+    raise ConfigError(
+        f"{path}: cannot tell its format (not Parquet, not a MovieLens file, not .csv); "
+        f"name it with --format ({choices})"
+    )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_raw(path: Path, fmt: LogFormat, as_text: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The file's rows; the columns named in ``as_text`` exactly as written (CSV layouts)."""
+    if fmt is LogFormat.PARQUET:
+        import pyarrow.parquet as pq
+
+        # A path, not a Python file object (which pd.read_parquet would pass): pyarrow reading
+        # through a Python handle can abort the process at exit ("terminate called without an
+        # active exception", SIGABRT) after the error was already printed.
+        return pq.read_table(str(path)).to_pandas()
+    text = dict.fromkeys(as_text, str)
+    if fmt is LogFormat.ML_100K:
+        return pd.read_csv(path, sep="\t", header=None, names=_MOVIELENS_COLUMNS, dtype=text)
+    if fmt is LogFormat.ML_1M:
+        # "::" is not a one-character separator (pandas would need its slow Python engine)
+        data = path.read_bytes().replace(b"::", b"\t")
+        return pd.read_csv(
+            io.BytesIO(data), sep="\t", header=None, names=_MOVIELENS_COLUMNS, dtype=text
+        )
+    if fmt is LogFormat.ML_LATEST:
+        original = {v: k for k, v in _ML_LATEST_NAMES.items()}
+        raw = pd.read_csv(path, dtype={original.get(c, c): str for c in as_text})
+        return raw.rename(columns=_ML_LATEST_NAMES)
+    return pd.read_csv(path, dtype=text)
+
+
+def _integer_ids(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Ids as int64 (-1 where invalid) and, per row, why it is invalid (None when valid).
+
+    Values beyond int64 are reported, never wrapped: a file's 9223372036854775808 is not -1.
+    Text is parsed exactly (a float would round long digit strings); ``"10.0"`` counts as 10.
+    """
+    reasons = pd.Series(None, index=values.index, dtype=object)
+    if pd.api.types.is_unsigned_integer_dtype(values):
+        too_big = values > _INT64_MAX
+        reasons[too_big] = _BEYOND_INT64
+        return values.where(~too_big, 0).astype("int64").where(~too_big, -1), reasons
+    if pd.api.types.is_signed_integer_dtype(values):
+        return values.astype("int64"), reasons
+    numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+    # exact as a float64 and so as an int64; the rest (rare) is checked value by value below
+    exact = numbers.notna() & (numbers == np.floor(numbers)) & (numbers.abs() < 2.0**53)
+    ids = numbers.where(exact, -1).astype("int64")
+    is_text = not pd.api.types.is_numeric_dtype(values)
+    for row in np.flatnonzero(~exact.to_numpy()):
+        value = values.iloc[row]
+        number: int | None = None
+        if is_text and isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            number = int(value)
+        elif pd.notna(numbers.iloc[row]) and float(numbers.iloc[row]).is_integer():
+            number = int(numbers.iloc[row])
+        if number is None:
+            reasons.iloc[row] = "not an integer id"
+        elif not _INT64_MIN <= number <= _INT64_MAX:
+            reasons.iloc[row] = _BEYOND_INT64
+        else:
+            ids.iloc[row] = number
+    return ids, reasons
+
+
+def read_interactions(path: Path, fmt: LogFormat = LogFormat.AUTO) -> pd.DataFrame:
+    """Read and validate a real interaction log: this project's CSV/Parquet or MovieLens' own.
+
+    ``fmt`` names the layout (`LogFormat`); ``auto`` detects it (`detect_format`). Raises
+    `InputValidationError` naming the failing rows (1-based data rows) and why, with each bad
+    value as the file gives it.
     """
     if not path.is_file():
         raise ConfigError(f"interactions file {path} does not exist")
-    suffix = path.suffix.lower()
+    fmt = detect_format(path) if fmt is LogFormat.AUTO else LogFormat(fmt)
+    log.info("reading %s as %s", path, fmt.value)
     try:
-        if suffix == ".parquet":
-            raw = pd.read_parquet(path)
-        elif suffix in {".csv", ".txt"}:
-            raw = pd.read_csv(path)
-        else:
-            raise ConfigError(f"{path}: unsupported format {suffix!r} (use .csv or .parquet)")
+        raw = _read_raw(path, fmt)
     except (ValueError, OSError, pd.errors.ParserError) as err:
-        raise InputValidationError(f"{path}: cannot be read as {suffix[1:]}: {err}") from err
+        raise InputValidationError(f"{path}: cannot be read as {fmt.value}: {err}") from err
+    except Exception as err:  # pyarrow's errors (ArrowInvalid is a ValueError; others are not)
+        if type(err).__module__.startswith("pyarrow"):
+            raise InputValidationError(f"{path}: cannot be read as {fmt.value}: {err}") from err
+        raise
 
     missing = {"user_id", "content_id"} - set(raw.columns)
     if missing:
@@ -187,17 +313,20 @@ def read_interactions(path: Path) -> pd.DataFrame:
     if raw.empty:
         raise InputValidationError(f"{path}: no rows")
 
+    raw = raw.reset_index(drop=True)
     frame = pd.DataFrame(index=raw.index)
     bad_types = []
     for col in ("user_id", "content_id"):
-        values = pd.to_numeric(raw[col], errors="coerce")
-        integral = values.notna() & (values == np.floor(values))
-        if not integral.all():
-            rows = raw.index[~integral][:_REPORT_ROWS]
-            bad_types += [
-                f"  row {r + 1:>8}  {col:<14} not an integer id, got {raw[col][r]!r}" for r in rows
-            ]
-        frame[col] = values.where(integral, -1).astype("int64")
+        ids, reasons = _integer_ids(raw[col])
+        bad = np.flatnonzero(reasons.notna().to_numpy())[:_REPORT_ROWS]
+        given = raw[col]
+        if len(bad) and fmt is not LogFormat.PARQUET and given.dtype.kind == "f":
+            # a float column has rounded long ids: show the values as the file writes them
+            given = _read_raw(path, fmt, as_text=(col,))[col]
+        for r in bad:
+            value = given[r].item() if isinstance(given[r], np.generic) else given[r]
+            bad_types.append(f"  row {r + 1:>8}  {col:<14} {reasons.iloc[r]}, got {value!r}")
+        frame[col] = ids
     for col in ("watch_seconds", "rating"):
         if col in raw:
             values = pd.to_numeric(raw[col], errors="coerce")
@@ -223,7 +352,7 @@ def read_interactions(path: Path) -> pd.DataFrame:
             "\n".join(bad_types),
         )
     validate_interactions(frame, source=str(path), row_offset=1)
-    return frame.reset_index(drop=True)
+    return frame
 
 
 def validate_interactions(frame: pd.DataFrame, source: str, row_offset: int = 0) -> None:
@@ -300,8 +429,8 @@ def _complete_catalog(catalog: pd.DataFrame | None, interactions: pd.DataFrame) 
 # -- the plot ------------------------------------------------------------------------------
 
 
-def plot_rating_vs_watch(interactions: pd.DataFrame, path: Path) -> None:
-    """The original project's scatter of rating against watch time, as a PNG."""
+def plot_rating_vs_watch(interactions: pd.DataFrame) -> bytes:
+    """The original project's scatter of rating against watch time, as PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -322,8 +451,10 @@ def plot_rating_vs_watch(interactions: pd.DataFrame, path: Path) -> None:
     ax.set_ylabel("minutes watched")
     ax.set_title(f"rating vs watch time ({len(interactions):,} interactions)")
     fig.tight_layout()
-    fig.savefig(path, format="png", metadata={"Software": None})
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
     plt.close(fig)
+    return buffer.getvalue()
 
 
 # -- the stage -----------------------------------------------------------------------------
@@ -360,27 +491,39 @@ def build_features(settings: FeatureSettings) -> FeatureResult:
         "raw_snapshot": raw_dir.name if raw_dir else None,
         "raw_manifest_sha256": sha256_file(raw_dir / layout.MANIFEST) if raw_dir else None,
     }
+    log_format = LogFormat.AUTO
     if settings.interactions_file is not None:
+        if not settings.interactions_file.is_file():
+            raise ConfigError(f"interactions file {settings.interactions_file} does not exist")
+        log_format = settings.interactions_format
+        if log_format is LogFormat.AUTO:
+            log_format = detect_format(settings.interactions_file)
         inputs["interactions_file"] = {
             "name": settings.interactions_file.name,
             "sha256": sha256_file(settings.interactions_file),
         }
+        if log_format not in (LogFormat.CSV, LogFormat.PARQUET):  # (keeps older versions' ids)
+            inputs["interactions_file"]["format"] = log_format.value
         inputs["generator"] = None
     else:
         inputs["interactions_file"] = None
         inputs["generator"] = settings.simulator.as_dict()
     version = _version_of(inputs)
     if store.exists(version):
-        store.verify(version)
+        try:
+            manifest = store.verify(version)
+        except SnapshotCorruptError as err:
+            raise SnapshotCorruptError(
+                f"{err}; remove {store.root / version} to build it again"
+            ) from err
         store.set_latest(version)
         log.info("feature snapshot %s already exists for these inputs", version)
-        rows = store.read_manifest(version)["row_counts"]
+        rows = dict(manifest.get("row_counts") or {})
         return FeatureResult(version, store.resolve(version), created=False, rows=rows)
 
     catalog = catalog_from_raw(raw_dir) if raw_dir is not None else None
     if settings.interactions_file is not None:
-        log.info("reading interactions from %s", settings.interactions_file)
-        interactions = read_interactions(settings.interactions_file)
+        interactions = read_interactions(settings.interactions_file, log_format)
     else:
         if catalog is None:  # unreachable: without a log, a raw snapshot was resolved above
             raise SnapshotNotFoundError("the simulator needs a raw snapshot; run the crawl first")
@@ -419,15 +562,24 @@ def build_features(settings: FeatureSettings) -> FeatureResult:
             "rated_fraction": float(interactions["rating"].notna().mean()),
         },
     }
+    log.info("serialising catalog (%d rows) and interactions (%d rows)", *rows.values())
+    files = {
+        layout.FEATURES_CATALOG: _parquet_bytes(catalog),
+        layout.FEATURES_INTERACTIONS: _parquet_bytes(interactions),
+        layout.FEATURES_PLOT: plot_rating_vs_watch(interactions),
+    }
     with store.staging(version) as staging:
-        log.info("writing catalog (%d rows) and interactions (%d rows)", *rows.values())
-        catalog.to_parquet(staging / layout.FEATURES_CATALOG, index=False, compression="zstd")
-        interactions.to_parquet(
-            staging / layout.FEATURES_INTERACTIONS, index=False, compression="zstd"
-        )
-        plot_rating_vs_watch(interactions, staging / layout.FEATURES_PLOT)
-        path = store.publish(staging, version, manifest)
-    return FeatureResult(version, path, created=True, rows=rows)
+        store.write_files(staging, files)
+        published = store.publish(staging, version, manifest)
+    if not published.created:
+        log.info("feature snapshot %s was published meanwhile by another build", version)
+    return FeatureResult(version, published.path, created=published.created, rows=rows)
+
+
+def _parquet_bytes(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False, compression="zstd")
+    return buffer.getvalue()
 
 
 def _mean(values: pd.Series) -> float | None:
@@ -505,6 +657,14 @@ def build(
             "rating, optional timestamp) instead of the simulator.",
         ),
     ] = None,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            "--format",
+            help="Layout of --interactions: this project's csv/parquet or MovieLens' own "
+            "(ml-100k u.data, ml-1m ratings.dat, ml-latest ratings.csv); auto detects it.",
+        ),
+    ] = LogFormat.AUTO,
     mode: Annotated[
         SimulatorMode, typer.Option("--mode", help="Simulator mode.")
     ] = SimulatorMode.DEFAULT,
@@ -523,10 +683,11 @@ def build(
         data_dir=data_dir,
         raw_snapshot=raw_snapshot,
         interactions_file=interactions,
+        interactions_format=log_format,
         simulator=SimulatorParams(mode=mode, seed=seed, users=users, mean_items=mean_items),
     )
     result = cli.run(lambda: build_features(settings))
-    state = "published" if result.created else "unchanged (same inputs)"
+    state = "published" if result.created else "already exists (same inputs), unchanged"
     typer.echo(
         f"features {result.version} {state}: {result.rows['catalog']} catalog rows, "
         f"{result.rows['interactions']} interactions -> {result.path}"
@@ -535,24 +696,40 @@ def build(
 
 @app.command("list")
 def list_(data_dir: DataDir = DATA_DIR.default_path) -> None:
-    """List feature snapshots, oldest first; `*` marks latest."""
-    infos = SnapshotStore(layout.DataLayout(data_dir).features).list()
+    """List feature snapshots, oldest first; `*` marks latest. Exit 3 if any is corrupt."""
+    root = layout.DataLayout(data_dir).features
+    store = SnapshotStore(root)
+    infos = store.list()
+    problems = [f"{info.snapshot_id}: {info.problem}" for info in infos if info.problem]
+    try:
+        store.latest_id()
+    except SnapshotCorruptError as err:
+        problems.append(str(err))
     if not infos:
-        typer.echo(f"no feature snapshots under {layout.DataLayout(data_dir).features}")
-        return
-    typer.echo(
-        f"  {'version':<20} {'published (UTC)':<20} {'interactions':>12} {'catalog':>8}  source"
-    )
-    for info in infos:
-        m = info.manifest
-        source = m["source"].get("raw_snapshot") or (
-            m["source"].get("interactions_file") or {}
-        ).get("name")
+        typer.echo(f"no feature snapshots under {root}")
+    else:
         typer.echo(
-            f"{'*' if info.is_latest else ' '} {info.snapshot_id:<20} "
-            f"{info.published_at:%Y-%m-%d %H:%M:%S} {m['row_counts']['interactions']:>12} "
-            f"{m['row_counts']['catalog']:>8}  {source}"
+            f"  {'version':<20} {'published (UTC)':<20} {'interactions':>12} {'catalog':>8}  source"
         )
+    for info in infos:
+        mark = "*" if info.is_latest else " "
+        when = f"{info.published_at:%Y-%m-%d %H:%M:%S}"
+        if info.problem:
+            typer.echo(f"{mark} {info.snapshot_id:<20} {when} {'CORRUPT':>12} {'-':>8}  see below")
+            continue
+        m = info.manifest
+        source = (m.get("source") or {}).get("raw_snapshot") or (
+            (m.get("source") or {}).get("interactions_file") or {}
+        ).get("name")
+        counts = m.get("row_counts") or {}
+        typer.echo(
+            f"{mark} {info.snapshot_id:<20} {when} {counts.get('interactions', '-'):>12} "
+            f"{counts.get('catalog', '-'):>8}  {source}"
+        )
+    if problems:
+        for problem in problems:
+            typer.echo(f"error: corrupt: {problem}", err=True)
+        raise typer.Exit(code=SnapshotCorruptError.exit_code)
 
 
 @app.command()

@@ -55,7 +55,7 @@ from contracts.settings import DATA_DIR, MLFLOW_TRACKING_URI
 from contracts.settings import MODEL_NAME as MODEL_NAME_ENV
 from pipelines import cli, registry
 from pipelines.errors import ConfigError, InputValidationError, QualityGateError
-from pipelines.evaluate import SplitProtocol, evaluate_fitted, split_holdout
+from pipelines.evaluate import SplitProtocol, evaluate_fitted, size_params, split_holdout
 from pipelines.features import FeatureSnapshot, load_features
 from pipelines.lineage import git_sha
 from recommenders import BEST_MODEL, MODELS, FittedRecommender, Trainer, get_trainer, save
@@ -83,6 +83,7 @@ class TrainSettings:
     seed: int = 0
     tolerance: float = 0.02
     connect_retries: int = 3
+    max_items: int | None = None  # EASE: fit on the most-interacted items only
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ def fit_and_evaluate(snapshot: FeatureSnapshot, settings: TrainSettings) -> Fitt
     log.info("split %d interactions in %.1f s: %d train, %d holdout (%s split)",
              len(interactions), time.perf_counter() - started, len(train_part), len(test_part),
              protocol.value)  # fmt: skip
-    trainer = get_trainer(settings.model)
+    trainer = get_trainer(settings.model, **size_params(settings.model, settings.max_items))
     log.info("fitting %s on %d rows", settings.model, len(train_part))
     started = time.perf_counter()
     evaluated = trainer.fit(train_part, catalog)
@@ -534,6 +535,15 @@ def main(
     tolerance: Annotated[
         float, typer.Option("--tolerance", help="Allowed relative NDCG drop vs champion.")
     ] = 0.02,
+    max_items: Annotated[
+        int | None,
+        typer.Option(
+            "--max-items",
+            min=1,
+            help="EASE on the N most-interacted items only (bounds its N² memory; logged as a "
+            "model parameter, so the gate refits the champion's recipe with its own bound).",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Train a model on a feature snapshot and register it in MLflow."""
@@ -547,6 +557,7 @@ def main(
         k=k,
         seed=seed,
         tolerance=tolerance,
+        max_items=max_items,
     )
     result = cli.run(lambda: train(settings))
     shown = ", ".join(

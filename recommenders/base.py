@@ -15,6 +15,8 @@ format `recommenders.artifact`.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +29,8 @@ import scipy.sparse as sp
 
 from recommenders.errors import InvalidRequestError
 from recommenders.topk import top_k, top_k_row
+
+log = logging.getLogger(__name__)
 
 # Rows scored at once by `recommend_many`; bounds the dense (rows x n_items) float32 score block
 # (2.5 MB at 10k items). At 256 rows (10 MB) glibc handed each block out as fresh mmap'd pages:
@@ -41,6 +45,25 @@ PRECOMPUTED_K = 100
 # Up to this many requests, `recommend_many` answers each with the single-request path: the
 # vectorised path's fixed cost (sparse row slicing, index arrays) only pays off on larger batches.
 _ONE_BY_ONE_MAX = 8
+# A long step (a fit's Gram matrix, the batch top-k of every user) logs its progress this often.
+_PROGRESS_EVERY_S = 5.0
+
+
+class Progress:
+    """Logs ``what: done/total`` about every `_PROGRESS_EVERY_S` seconds of a long loop."""
+
+    def __init__(self, what: str, total: int) -> None:
+        self.what, self.total = what, total
+        self.started = self.last = time.monotonic()
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= _PROGRESS_EVERY_S and done < self.total:
+            self.last = now
+            rate = done / max(now - self.started, 1e-9)
+            eta = (self.total - done) / rate if rate else float("inf")
+            log.info("%s: %d/%d (%.0f s, ETA %.0f s)", self.what, done, self.total,
+                     now - self.started, eta)  # fmt: skip
 
 
 @dataclass(frozen=True, eq=False)
@@ -337,7 +360,10 @@ class FittedRecommender(ABC):
         k = min(k, self.n_items)
         cols = np.full((self.n_users, k), -1, dtype=np.int32)
         vals = np.full((self.n_users, k), -np.inf, dtype=np.float32)
+        progress = Progress(f"top-{k} of every known user", self.n_users)
+        started = time.monotonic()
         for start in range(0, self.n_users, _CHUNK_ROWS):
+            progress.update(start)
             rows = np.arange(start, min(start + _CHUNK_ROWS, self.n_users))
             scores = self._score_users(rows)
             block = self.seen[rows]
@@ -346,6 +372,8 @@ class FittedRecommender(ABC):
             finite = np.isfinite(top_vals)
             cols[rows] = np.where(finite, idx, -1)
             vals[rows] = np.where(finite, top_vals, -np.inf)
+        if time.monotonic() - started >= _PROGRESS_EVERY_S:
+            log.info("top-%d of %d users in %.0f s", k, self.n_users, time.monotonic() - started)
         return cols, vals
 
     def use_precomputed(self, cols: np.ndarray, scores: np.ndarray) -> None:

@@ -38,6 +38,16 @@ class TrainingDataError(RecommenderError):
     http_status = 422
 
 
+class ModelTooLargeError(RecommenderError):
+    """A fit would need more memory than is available (exit 13); nothing was allocated.
+
+    The message says what is needed, what is available and which parameter bounds it.
+    """
+
+    exit_code = 13
+    http_status = 507
+
+
 class InvalidRequestError(RecommenderError):
     """A scoring request is malformed (e.g. ``k < 1``); the caller must change it."""
 

@@ -8,7 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.evaluate import SplitProtocol, evaluate_models, ranking_metrics, split_holdout
+from pipelines.evaluate import (
+    SplitProtocol,
+    _merge_duplicates,
+    evaluate_models,
+    ranking_metrics,
+    split_holdout,
+)
 
 
 def test_metrics_match_hand_computed_values() -> None:
@@ -87,3 +93,52 @@ def test_evaluate_models_returns_one_row_per_model() -> None:
     assert list(results["model"]) == ["popularity", "ease"]
     for column in ("precision@5", "recall@5", "ndcg@5", "map@5", "coverage"):
         assert results[column].between(0, 1).all()
+
+
+def _merge_one_pair_at_a_time(frame: pd.DataFrame) -> pd.DataFrame:
+    """The former merge (a Python call per (user, content) group): the reference."""
+    agg = {"watch_seconds": lambda s: s.sum(min_count=1), "rating": "max", "timestamp": "max"}
+    return frame.groupby(["user_id", "content_id"], as_index=False, sort=True).agg(agg)
+
+
+def test_duplicate_pairs_merge_like_the_per_pair_reference() -> None:
+    rng = np.random.default_rng(5)
+    n = 3000
+    frame = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, 300, n),
+            "content_id": rng.integers(0, 60, n),
+            "watch_seconds": np.where(rng.random(n) < 0.3, np.nan, rng.uniform(0, 7200, n)),
+            "rating": np.where(rng.random(n) < 0.3, np.nan, rng.integers(1, 11, n)).astype(float),
+            "timestamp": pd.to_datetime(rng.integers(0, 10**6, n), unit="s", utc=True),
+        }
+    )
+    assert frame.duplicated(["user_id", "content_id"]).sum() > 200  # many re-watched pairs
+
+    merged = _merge_duplicates(frame)
+
+    pd.testing.assert_frame_equal(merged, _merge_one_pair_at_a_time(frame))
+    # the split built on it is the same as well: same rows, same order, same held-out rows
+    train, test, _ = split_holdout(frame, seed=1, protocol=SplitProtocol.RANDOM)
+    assert len(train) + len(test) == len(merged)
+    assert not train.duplicated(["user_id", "content_id"]).any()
+
+
+@pytest.mark.parametrize("ids", ["negative", "naive timestamps", "integer ratings"])
+def test_duplicate_merge_takes_any_ids_and_dtypes(ids: str) -> None:
+    rng = np.random.default_rng(2)
+    n = 800
+    frame = pd.DataFrame(
+        {
+            "user_id": rng.integers(-50, 50, n) if ids == "negative" else rng.integers(0, 100, n),
+            "content_id": rng.integers(0, 20, n),
+            "watch_seconds": np.where(rng.random(n) < 0.3, np.nan, rng.uniform(0, 7200, n)),
+            "rating": rng.integers(1, 11, n)
+            if ids == "integer ratings"
+            else np.where(rng.random(n) < 0.3, np.nan, rng.integers(1, 11, n)).astype(float),
+            "timestamp": pd.to_datetime(
+                rng.integers(0, 10**6, n), unit="s", utc=ids != "naive timestamps"
+            ),
+        }
+    )
+    pd.testing.assert_frame_equal(_merge_duplicates(frame), _merge_one_pair_at_a_time(frame))

@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import re
+import tracemalloc
+
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
+import threadpoolctl
 
 from pipelines.evaluate import evaluate_models
 from recommenders import BEST_MODEL, EASE, MODELS, MoviePredictor, Popularity
-from recommenders.data import build_matrix, interaction_confidence
-from recommenders.ease import ease_weights
+from recommenders.data import Weighting, build_matrix, interaction_confidence
+from recommenders.ease import (
+    THREADED_LAPACK_MAX_ITEMS,
+    ease_weights,
+    fit_memory_bytes,
+    gram_matrix,
+    max_items_within,
+)
 from recommenders.errors import (
     HyperparameterError,
     InvalidRequestError,
+    ModelTooLargeError,
     TrainingDataError,
 )
+from recommenders.resources import available_memory, single_threaded_blas
 from recommenders.synthetic import synthetic_interactions
 from recommenders.topk import top_k, top_k_row
 
@@ -239,3 +252,102 @@ def test_training_is_deterministic(data) -> None:
             np.testing.assert_array_equal(x.content_ids, y.content_ids)
             np.testing.assert_array_equal(x.scores, y.scores)
     assert BEST_MODEL in MODELS
+
+
+# -- fitting within the machine: max_items, the memory estimate, BLAS threads -----------------
+
+
+def test_max_items_fits_on_the_most_interacted_items_only(data) -> None:
+    interactions, catalog = data
+    users_per_item = (
+        interactions.drop_duplicates(["user_id", "content_id"])
+        .groupby("content_id")["user_id"]
+        .size()
+    )
+    ranked = sorted(users_per_item.items(), key=lambda kv: (-kv[1], kv[0]))
+    expected = sorted(item for item, _ in ranked[:40])
+
+    model = EASE(lambda_=50.0, max_items=40).fit(interactions, catalog)
+
+    assert model.n_items == 40 and model.item_ids.tolist() == expected
+    assert model.params["max_items"] == 40
+    kept = interactions[interactions["content_id"].isin(expected)]
+    assert model.seen.nnz == kept.drop_duplicates(["user_id", "content_id"]).shape[0]
+    user = int(kept["user_id"].iloc[0])
+    assert set(model.recommend(user_id=user, k=10).content_ids.tolist()) <= set(expected)
+    # a bound above the catalog changes nothing
+    unbounded = EASE(lambda_=50.0).fit(interactions, catalog)
+    same = EASE(lambda_=50.0, max_items=10**6).fit(interactions, catalog)
+    np.testing.assert_array_equal(same.weights.toarray(), unbounded.weights.toarray())
+    with pytest.raises(HyperparameterError, match="max_items"):
+        EASE(max_items=0)
+
+
+def test_a_fit_that_cannot_fit_in_memory_is_refused_with_the_bound_that_would() -> None:
+    n_items = 250_000  # a 250,000² float32 matrix: 250 GB, more than any test machine has
+    frame = pd.DataFrame(
+        {"user_id": np.arange(n_items) // 5, "content_id": np.arange(n_items) + 1, "rating": 4.0}
+    )
+
+    with pytest.raises(ModelTooLargeError) as refused:
+        EASE().fit(frame)
+
+    message = str(refused.value)
+    needed = float(re.search(r"items needs ~([\d.]+) GB", message).group(1)) * 1e9
+    assert 4 * n_items**2 <= needed <= 4 * n_items**2 * 1.01  # one float32 n² matrix + work
+    available = float(re.search(r"but ([\d.]+) GB is available", message).group(1)) * 1e9
+    suggested = int(re.search(r"--max-items ([\d,]+) keeps", message).group(1).replace(",", ""))
+    assert 0 < suggested < n_items
+    assert fit_memory_bytes(suggested, 200) <= available + 1e8  # (GB rounded in the message)
+    assert fit_memory_bytes(int(suggested * 1.05), 200) > available - 1e8
+    assert refused.value.exit_code == 13
+
+
+def test_the_memory_estimate_bounds_what_a_fit_allocates() -> None:
+    interactions, _ = synthetic_interactions(n_users=3000, n_items=1500, n_interactions=60_000)
+    n_items = interactions["content_id"].nunique()
+    tracemalloc.start()
+    try:
+        EASE().fit(interactions)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert 4 * n_items**2 <= peak <= fit_memory_bytes(n_items, 200)
+
+
+def test_max_items_within_inverts_the_estimate() -> None:
+    for memory in (10**9, 8 * 10**9, 24 * 10**9):
+        n = max_items_within(memory, 200)
+        assert fit_memory_bytes(n, 200) <= memory < fit_memory_bytes(int(n * 1.01) + 1, 200)
+
+
+def test_available_memory_is_what_psutil_reports_or_a_container_limit() -> None:
+    ours = available_memory()
+    theirs = psutil.virtual_memory().available
+    assert ours is not None and ours > 0
+    assert ours <= theirs * 1.05 + 64 * 2**20  # never more than the machine has free
+
+
+def test_single_threaded_blas_limits_scipys_openblas_and_restores_it() -> None:
+    def scipy_threads() -> list[int]:
+        return [
+            info["num_threads"]
+            for info in threadpoolctl.threadpool_info()
+            if info["internal_api"] == "openblas" and "scipy.libs" in info["filepath"]
+        ]
+
+    before = scipy_threads()
+    assert before, "scipy's bundled OpenBLAS is loaded"
+    with single_threaded_blas() as limited:
+        assert limited and scipy_threads() == [1] * len(before)
+    assert scipy_threads() == before
+
+
+def test_ease_weights_single_threaded_equal_the_threaded_ones(data) -> None:
+    interactions, _ = data
+    x = build_matrix(interactions, Weighting.CONFIDENCE).matrix
+    threaded = ease_weights(gram_matrix(x), 50.0, single_threaded=False)
+    single = ease_weights(gram_matrix(x), 50.0, single_threaded=True)
+    np.testing.assert_allclose(single, threaded, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(gram_matrix(x), (x.T @ x).toarray(), rtol=1e-6)
+    assert THREADED_LAPACK_MAX_ITEMS < 36_000  # measured safe on 2 threads (resources docs)

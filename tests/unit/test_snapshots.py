@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -133,3 +134,101 @@ def test_staging_of_a_dead_writer_is_removed_and_never_listed(tmp_path):
     assert not abandoned.exists()
     assert alive.exists()
     assert [i.snapshot_id for i in store.list()] == ["snap-1"]
+
+
+# -- corruption: every garbled piece of stored state is SnapshotCorruptError naming the file ----
+
+GARBLES = {
+    "random bytes": lambda p: p.write_bytes(bytes(range(256)) * 4),
+    "not JSON": lambda p: p.write_text("{'files': oops"),
+    "a JSON list": lambda p: p.write_text("[1, 2, 3]"),
+    "an empty file map": lambda p: p.write_text('{"kind": "test", "files": {}}'),
+    "a bad file entry": lambda p: p.write_text('{"files": {"data.txt": {"sha256": "x"}}}'),
+    "a directory": lambda p: (p.unlink(), p.mkdir()),
+    "missing": lambda p: p.unlink(),
+}
+
+
+@pytest.mark.parametrize("garble", sorted(GARBLES))
+def test_a_garbled_manifest_is_corrupt_and_list_shows_it_among_the_rest(tmp_path, garble):
+    store = SnapshotStore(tmp_path)
+    publish(store, "snap-1")
+    publish(store, "snap-2")
+    publish(store, "snap-3")
+    manifest = tmp_path / "snap-2" / "manifest.json"
+    GARBLES[garble](manifest)
+
+    with pytest.raises(SnapshotCorruptError, match=re.escape(str(manifest))):
+        store.verify("snap-2")
+    with pytest.raises(SnapshotCorruptError, match=re.escape(str(manifest))):
+        store.read_manifest("snap-2")
+    infos = {info.snapshot_id: info for info in store.list()}
+    assert sorted(infos) == ["snap-1", "snap-2", "snap-3"]
+    assert infos["snap-2"].problem and str(manifest) in infos["snap-2"].problem
+    assert infos["snap-1"].problem is None and infos["snap-3"].is_latest
+    assert store.verify("snap-3")["snapshot_id"] == "snap-3"
+
+
+def test_a_manifest_must_cover_every_file_of_its_snapshot(tmp_path):
+    store = SnapshotStore(tmp_path)
+    publish(store, "snap-1")
+    extra = tmp_path / "snap-1" / "sub" / "planted.bin"
+    extra.write_bytes(b"not in the manifest")
+
+    with pytest.raises(
+        SnapshotCorruptError, match=re.escape(f"{extra} is in the snapshot but not in")
+    ):
+        store.verify("snap-1")
+    assert store.list()[0].problem is not None
+    extra.unlink()
+    (tmp_path / "snap-1" / "data.txt").write_text("x but longer")  # size differs: list sees it
+    assert "bytes, the manifest records 1" in (store.list()[0].problem or "")
+
+
+@pytest.mark.parametrize(
+    "garble",
+    ["random bytes", "a directory", "a path", "two lines", "empty"],
+)
+def test_a_garbled_latest_pointer_is_corrupt_and_restore_rewrites_it(tmp_path, garble):
+    store = SnapshotStore(tmp_path)
+    publish(store, "snap-1")
+    pointer = tmp_path / "latest"
+    if garble == "random bytes":
+        pointer.write_bytes(b"\xff\xfe\x00garbage\x81")
+    elif garble == "a directory":
+        pointer.unlink()
+        (pointer / "inner").mkdir(parents=True)
+    elif garble == "a path":
+        pointer.write_text("../../etc\n")
+    elif garble == "two lines":
+        pointer.write_text("snap-1\nsnap-2\n")
+    else:
+        pointer.write_text("\n")  # an empty pointer is "nothing published yet"
+        assert store.latest_id() is None
+        return
+
+    with pytest.raises(SnapshotCorruptError, match=re.escape(str(pointer))):
+        store.latest_id()
+    with pytest.raises(SnapshotCorruptError, match=re.escape(str(pointer))):
+        store.resolve()
+    assert [i.snapshot_id for i in store.list()] == ["snap-1"]  # still lists the snapshots
+    store.set_latest("snap-1")
+    assert store.latest_id() == "snap-1"
+    assert pointer.is_file()
+
+
+# -- two writers of the same content ---------------------------------------------------------
+
+
+def test_two_writers_of_identical_content_both_succeed_and_one_snapshot_remains(tmp_path):
+    first, second = SnapshotStore(tmp_path), SnapshotStore(tmp_path)
+    with first.staging("fs-1") as a, second.staging("fs-1-other") as b:
+        for staged in (a, b):
+            (staged / "data.txt").write_text("same bytes")
+        won = first.publish(a, "fs-1", {"kind": "test"})
+        lost = second.publish(b, "fs-1", {"kind": "test"})
+
+    assert won.created and not lost.created and won.path == lost.path
+    assert [i.snapshot_id for i in first.list()] == ["fs-1"]
+    assert first.latest_id() == "fs-1" and first.verify("fs-1")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".staging-")]
