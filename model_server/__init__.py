@@ -13,7 +13,7 @@ recommender artefact (`recommenders.load`, checksums verified) and serves it wit
       inputs   user_id      INT64 [n]     required; -1: no user, rank the row's history
                history      INT64 [n, h]  optional; -1 pads rows of different lengths
                k            INT64 [1]     optional, 1..100 (default 10)
-               exclude_seen BOOL  [1]     optional (default true)
+               exclude_seen BOOL  [1]     optional (default true; false: 400 for known users)
       outputs  content_ids  INT64 [n, k]  best first; -1 pads a row with fewer candidates
                scores       FP32  [n, k]  0 where content_ids is -1
                fallback     BOOL  [n]     popularity ranking used

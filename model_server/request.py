@@ -15,6 +15,8 @@
   history stays an error rather than meaning "popular", so a client that lost its input hears
   about it instead of silently getting the popular list;
 - ``k``: an integer in 1..100 (default 10); ``exclude_seen``: a boolean (default true);
+  false is refused (400) for a ``user_id`` the model knows (`model_server.model`), so the
+  public route never returns what a known user watched;
 - ``display``: a boolean (default false): add ``items`` with the catalog's display fields
   (title, poster, date, rating) to the prediction — what a page needs, not what a service
   comparing rankings needs, so it is asked for rather than always paid for;

@@ -248,10 +248,11 @@ def test_mixed_batch_keeps_order_k_and_exclusion(
     user = int(reference.user_ids[8])
     seen = _seen_items(reference, user)
     everything = reference.n_items
+    history = [int(i) for i in reference.item_ids[[3, 6, 12]]]
     instances = [
         {"user_id": user, "k": 3},
         {"history": [int(reference.item_ids[2])], "k": 2},
-        {"user_id": user, "k": 100, "exclude_seen": False},
+        {"history": history, "k": 100, "exclude_seen": False},  # its own items may come back
         {"user_id": user, "k": 100},
     ]
     predictions = server.predict(instances).json()["predictions"]
@@ -262,11 +263,11 @@ def test_mixed_batch_keeps_order_k_and_exclusion(
         min(100, everything - len(seen)),
     ]
     assert predictions[0]["content_ids"] == predictions[3]["content_ids"][:3]
-    assert seen & set(predictions[2]["content_ids"])  # not excluded when asked not to
+    assert set(history) & set(predictions[2]["content_ids"])  # not excluded when asked not to
     assert not seen & set(predictions[3]["content_ids"])
     assert (
         predictions[2]["content_ids"]
-        == reference.recommend(user_id=user, k=100, exclude_seen=False).content_ids.tolist()
+        == reference.recommend(history=history, k=100, exclude_seen=False).content_ids.tolist()
     )
 
 
@@ -560,6 +561,9 @@ def test_kserve_v2_rest_client_answers_as_v1_and_in_process(
     from kserve import InferenceRESTClient, RESTConfig
 
     users, histories = _mixed_rows(reference)
+    if not exclude_seen:  # refused for known users (test_a_known_users_seen_items_never_...)
+        rows_kept = [i for i, user in enumerate(users) if user == -1 or user >= 10**9]
+        users, histories = [users[i] for i in rows_kept], [histories[i] for i in rows_kept]
     k = 100  # longer than most known users' unseen items: short rows are padded
 
     async def call() -> tuple[Any, dict[str, str]]:
@@ -588,8 +592,9 @@ def test_kserve_v2_rest_client_answers_as_v1_and_in_process(
     _assert_same_as_v1(rows, v1)
     if exclude_seen:  # a user who has seen more than n_items - k items gets a padded row
         assert any(len(r["content_ids"]) < k for r in rows), "no short row: padding untested"
-    assert [r["fallback"] for r in rows] == [False, False, False, True, False, False, False]
-    assert "999999001" in rows[5]["reason"]
+    assert [r["fallback"] for r in rows] == [user == 10**9 for user in users]
+    partly_unknown = next(i for i, h in enumerate(histories) if 999_999_001 in h)
+    assert "999999001" in rows[partly_unknown]["reason"]
     for (user, history), row in zip(zip(users, histories, strict=True), rows, strict=True):
         expected = reference.recommend(
             user_id=None if user == -1 else user,
@@ -852,6 +857,93 @@ def test_v2_grpc_bad_input_is_invalid_argument(
     assert _rejections(server) == before + 1
     assert ready
     assert good.outputs[0].as_numpy().shape == (1, 10)
+
+
+# -- a known user's history never comes back -----------------------------------------------
+
+
+def _known_users(reference: FittedRecommender) -> list[int]:
+    """Known users with the most and the fewest training items, and a few in between."""
+    counts = np.diff(reference.seen.indptr)
+    order = np.argsort(counts)
+    picks = [order[-1], order[0], order[len(order) // 2], 0, 1, 2]
+    return [int(reference.user_ids[i]) for i in picks]
+
+
+@pytest.mark.parametrize("exclude_seen", [None, True, False], ids=["absent", "true", "false"])
+def test_a_known_users_seen_items_never_come_back_whatever_the_flag(
+    server: Server, reference: FittedRecommender, exclude_seen: bool | None
+) -> None:
+    """With ``exclude_seen: false`` the top 100 minus the default top 100 was the user's history."""
+    import grpc
+    from kserve import InferenceGRPCClient, InferenceRESTClient, RESTConfig
+
+    users = _known_users(reference)
+    flag = {} if exclude_seen is None else {"exclude_seen": exclude_seen}
+    v1 = server.predict([{"user_id": u, "k": 100, **flag} for u in users])
+    request = _v2_request(users, k=100, exclude_seen=exclude_seen)
+
+    async def v2() -> list[Any]:
+        answers: list[Any] = []
+        rest = InferenceRESTClient(config=RESTConfig(protocol="v2", retries=0, timeout=10))
+        try:
+            answers.append(await rest.infer(server.base_url, request, model_name=MODEL))
+        except Exception as err:  # KServe's client raises on a 4xx
+            answers.append(err)
+        finally:
+            await rest.close()
+        async with InferenceGRPCClient(server.grpc_url, retries=0, timeout=10) as client:
+            try:
+                answers.append(await client.infer(request))
+            except grpc.RpcError as err:
+                answers.append(err)
+        return answers
+
+    rest, over_grpc = asyncio.run(v2())
+    if exclude_seen is False:
+        assert v1.status_code == 400, v1.text
+        assert "instances[0].exclude_seen false is refused" in v1.json()["error"]
+        assert "input exclude_seen" in str(rest) and "refused" in str(rest)
+        assert over_grpc.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "input exclude_seen" in over_grpc.details()
+        return
+    assert v1.status_code == 200, v1.text
+    answers = {
+        "V1": [p["content_ids"] for p in v1.json()["predictions"]],
+        "V2 REST": [r["content_ids"] for r in _rows(rest)],
+        "V2 gRPC": [r["content_ids"] for r in _rows(over_grpc)],
+    }
+    for protocol, rankings in answers.items():
+        for user, ranking in zip(users, rankings, strict=True):
+            assert ranking, (protocol, user)
+            assert not set(ranking) & _seen_items(reference, user), (protocol, user)
+
+
+def test_refusing_exclude_seen_names_the_known_user_and_leaves_anonymous_rows_alone(
+    server: Server, reference: FittedRecommender
+) -> None:
+    known, unknown = int(reference.user_ids[5]), 10**9
+    history = [int(i) for i in reference.item_ids[[2, 8]]]
+    mixed = server.predict(
+        [
+            {"history": history, "exclude_seen": False},
+            {"user_id": unknown, "history": history, "exclude_seen": False},
+            {"user_id": known, "exclude_seen": False},
+        ]
+    )
+    assert mixed.status_code == 400
+    assert mixed.json()["error"].startswith(
+        "instances[2].exclude_seen false is refused for user_id"
+    )
+    anonymous = server.predict(
+        [
+            {"history": history, "exclude_seen": False, "k": 100},
+            {"user_id": unknown, "history": history, "exclude_seen": False, "k": 100},
+        ]
+    )
+    assert anonymous.status_code == 200, anonymous.text
+    for prediction in anonymous.json()["predictions"]:
+        assert set(history) <= set(prediction["content_ids"])  # the caller's own items
 
 
 # -- the data plane serves inference, health and metadata only ------------------------------
