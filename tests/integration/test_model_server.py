@@ -13,6 +13,7 @@ import asyncio
 import ipaddress
 import json
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -421,6 +422,13 @@ BAD_INPUT = [
         None,
         413,
         "1001",
+    ),
+    (
+        "too many display instances",
+        json.dumps({"instances": [{"user_id": 1, "display": True}] * 51}).encode(),
+        None,
+        413,
+        "51 instances ask for display: true; at most 50",
     ),
     ("not JSON media type", b'{"instances": [{"user_id": 1}]}', "text/plain", 415, "Content-Type"),
     (
@@ -944,6 +952,213 @@ def test_refusing_exclude_seen_names_the_known_user_and_leaves_anonymous_rows_al
     assert anonymous.status_code == 200, anonymous.text
     for prediction in anonymous.json()["predictions"]:
         assert set(history) <= set(prediction["content_ids"])  # the caller's own items
+
+
+# -- what one client may cost ----------------------------------------------------------------
+
+_PREDICT = f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: predictor\r\n".encode()
+_WAIT_S = 15.0  # far longer than any limit under test: a server without one never answers
+
+
+def _exchange(port: int, data: bytes, *, wait: float = _WAIT_S) -> bytes:
+    """Send ``data`` on a fresh connection and read until the server closes or stops talking."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        sock.sendall(data)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+                if _complete(received):
+                    break
+        except TimeoutError:
+            pass
+    return received
+
+
+def _complete(response: bytes) -> bool:
+    head, sep, body = response.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False
+
+
+def _status(response: bytes) -> int | None:
+    first = response.split(b"\r\n", 1)[0].split()
+    return int(first[1]) if len(first) >= 2 and first[0].startswith(b"HTTP/") else None
+
+
+def _json_body(response: bytes) -> Any:
+    return json.loads(response.partition(b"\r\n\r\n")[2])
+
+
+def _rejected(server: Server, reason: str) -> float:
+    return server.metric("movie_recommender_rejected_requests_total", f'reason="{reason}"')
+
+
+@pytest.mark.parametrize("path", [f"/v1/models/{MODEL}:predict", f"/v2/models/{MODEL}/infer"])
+def test_a_body_declared_over_the_limit_is_refused_without_being_read(
+    server: Server, path: str
+) -> None:
+    before = _rejected(server, "body_too_large")
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: predictor\r\nContent-Type: application/json\r\n"
+        "Content-Length: 50000000\r\n\r\n"
+    ).encode()
+    response = _exchange(server.port, head)  # not a byte of the 50 MB is sent
+    assert _status(response) == 413, response[:300]
+    message = _json_body(response)["error"]
+    assert "larger than 1048576 bytes (Content-Length is 50000000)" in message
+    assert "MAX_REQUEST_BYTES" in message
+    assert _rejected(server, "body_too_large") == before + 1
+    assert server.predict([{"user_id": 1}]).status_code == 200
+
+
+def test_a_streamed_body_is_refused_as_soon_as_it_passes_the_limit(server: Server) -> None:
+    limit, chunk = 1 << 20, b" " * (128 << 10)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=_WAIT_S) as sock:
+        sock.sendall(_PREDICT + b"Content-Type: application/json\r\n")
+        sock.sendall(b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n{\r\n" % 1)
+        sent = 1
+        while sent < 4 * limit:  # 4 MiB unless the server answers first
+            readable, _, _ = select.select([sock], [], [], 0.05)
+            if readable:
+                break
+            sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            sent += len(chunk)
+        else:  # the server read it all: end the body and see what it says
+            sock.sendall(b"0\r\n\r\n")
+        response = b""
+        while not _complete(response) and (data := sock.recv(65536)):
+            response += data
+    assert _status(response) == 413, response[:300]
+    assert "counted as it streamed" in _json_body(response)["error"]
+    assert limit < sent <= limit + 4 * len(chunk)  # refused once past the limit, not at the end
+    assert server.predict([{"user_id": 1}]).status_code == 200
+
+
+def test_a_body_of_the_limit_is_served_and_one_byte_more_is_not(server: Server) -> None:
+    request = json.dumps({"instances": [{"user_id": 1, "k": 2}]}).encode()
+    at_limit = request + b" " * ((1 << 20) - len(request))
+    headers = {"Content-Type": "application/json"}
+    served = requests.post(server.predict_url, data=at_limit, headers=headers, timeout=10)
+    assert served.status_code == 200, served.text
+    over = requests.post(server.predict_url, data=at_limit + b" ", headers=headers, timeout=10)
+    assert over.status_code == 413
+    assert over.headers["X-Model-Version"] == VERSION
+
+
+def test_headers_over_64_kib_are_refused(server: Server) -> None:
+    before = _rejected(server, "headers_too_large")
+    big = b"X-Padding: " + b"a" * (70 << 10) + b"\r\n"
+    response = _exchange(
+        server.port, f"GET /v1/models/{MODEL} HTTP/1.1\r\n".encode() + big + b"\r\n"
+    )
+    assert _status(response) == 431, response[:300]
+    assert "over 65536 bytes" in _json_body(response)["error"]
+    assert _rejected(server, "headers_too_large") == before + 1
+    small = b"X-Padding: " + b"a" * (8 << 10) + b"\r\n"
+    fine = _exchange(server.port, f"GET /v1/models/{MODEL} HTTP/1.1\r\n".encode() + small + b"\r\n")
+    assert _status(fine) == 200
+
+
+def test_a_grpc_message_over_the_limit_is_refused(
+    server: Server, reference: FittedRecommender
+) -> None:
+    import grpc
+    from kserve import InferenceGRPCClient
+
+    items = [int(i) for i in reference.item_ids]
+    histories = [(items * 10)[:1000]] * 200  # 200 x 1000 INT64: 1.6 MB, over 1 MiB
+    request = _v2_request([-1] * 200, histories)
+
+    async def call() -> tuple[Any, Any]:
+        async with InferenceGRPCClient(server.grpc_url, retries=0, timeout=10) as client:
+            with pytest.raises(grpc.RpcError) as raised:
+                await client.infer(request)
+            return raised.value, await client.infer(_v2_request([1]))
+
+    error, good = asyncio.run(call())
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+    assert good.outputs[0].as_numpy().shape == (1, 10)
+
+
+@pytest.fixture(scope="module")
+def limited(artefact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server with small limits: 4 KiB bodies (from the environment), 1 s to send a request,
+    4 connections."""
+    env = {**os.environ, "MAX_REQUEST_BYTES": "4096"}
+    log_path = tmp_path_factory.mktemp("limited") / "server.log"
+    extra = ("--request_read_timeout", "1", "--limit_concurrency", "4")
+    srv = _start(artefact, log_path, *extra, env=env)
+    _wait_ready(srv)
+    yield srv
+    _stop(srv)
+
+
+def test_max_request_bytes_comes_from_the_environment(limited: Server) -> None:
+    request = json.dumps({"instances": [{"user_id": 1}]}).encode()
+    headers = {"Content-Type": "application/json"}
+    fits = request + b" " * (4096 - len(request))
+    assert requests.post(limited.predict_url, data=fits, headers=headers, timeout=10).ok
+    over = requests.post(limited.predict_url, data=fits + b" ", headers=headers, timeout=10)
+    assert over.status_code == 413
+    assert "larger than 4096 bytes" in over.json()["error"]
+
+
+def test_a_client_sending_its_headers_slowly_is_cut_off(limited: Server) -> None:
+    before = _rejected(limited, "request_timeout")
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=_WAIT_S) as sock:
+        sock.sendall(_PREDICT)
+        response = b""
+        try:
+            for _ in range(int(_WAIT_S / 0.1)):  # one header byte every 100 ms
+                sock.sendall(b"X")
+                if select.select([sock], [], [], 0.1)[0]:
+                    response = sock.recv(65536)
+                    break
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    assert _status(response) == 408, response
+    assert "did not finish sending its request within 1 s" in _json_body(response)["error"]
+    assert _rejected(limited, "request_timeout") == before + 1
+    assert limited.predict([{"user_id": 1}]).status_code == 200
+
+
+@pytest.mark.parametrize("sent", [b"", b"Content-Length: 100\r\n\r\n{"], ids=["idle", "slow body"])
+def test_a_connection_that_does_not_finish_its_request_is_closed(
+    limited: Server, sent: bytes
+) -> None:
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=_WAIT_S) as sock:
+        sock.sendall((_PREDICT + sent) if sent else b"")
+        try:
+            closed = sock.recv(65536) == b""  # EOF: the server closed it
+        except ConnectionResetError:
+            closed = True
+    assert closed
+    assert limited.predict([{"user_id": 1}]).status_code == 200
+
+
+def test_past_the_concurrency_limit_a_request_gets_503_until_slots_free_up(
+    limited: Server,
+) -> None:
+    held = [socket.create_connection(("127.0.0.1", limited.port)) for _ in range(4)]
+    try:
+        for sock in held:
+            sock.sendall(b"GET / HTTP/1.1\r\n")  # a request that never ends (until cut off)
+        time.sleep(0.2)
+        refused = limited.predict([{"user_id": 1}])
+        assert refused.status_code == 503, refused.text
+        deadline = time.monotonic() + _WAIT_S
+        while limited.predict([{"user_id": 1}]).status_code != 200:
+            assert time.monotonic() < deadline, "slots never freed"
+            time.sleep(0.2)
+    finally:
+        for sock in held:
+            sock.close()
 
 
 # -- the data plane serves inference, health and metadata only ------------------------------
