@@ -25,8 +25,9 @@ flag                        default                        meaning
 ``--enable_latency_logging````false`` (KServe: true)       a log line per request with timings
 ``--access_log``            ``errors``                     uvicorn access lines: ``errors``
                                                            (status >= 400 only), ``all``, ``off``
-``--model_cache_dir``       ``$MODEL_CACHE_DIR`` or        where ``--model_uri`` downloads go
-                            ``<tmp>/movie-mlops-models``
+``--model_cache_dir``       ``$MODEL_CACHE_DIR`` or        where ``--model_uri`` downloads go;
+                            ``<tmp>/movie-mlops-models-    created 0700, refused if another user
+                            <uid>``                        owns it or others may write to it
 ``--max_request_bytes``     ``$MAX_REQUEST_BYTES`` or      a larger body is refused with 413
                             ``1048576`` (1 MiB)            before it is read (gRPC: the largest
                                                            message received)
@@ -53,6 +54,7 @@ per predictor (HTTP here, which carries V1 and V2 REST).
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -69,6 +71,14 @@ from contracts.settings import (
 from model_server.limits import DEFAULT_LIMIT_CONCURRENCY, DEFAULT_READ_TIMEOUT_S
 
 DEFAULT_MODEL_DIR = Path("/mnt/models")
+
+
+def default_cache_dir() -> Path:
+    """``<tmp>/movie-mlops-models-<uid>``: one cache per user (`model_server.source` checks it).
+
+    Not under ``$HOME``: a pod's user often has none and only ``/tmp`` is writable.
+    """
+    return Path(tempfile.gettempdir()) / f"movie-mlops-models-{os.getuid()}"
 
 
 class AccessLog(str, Enum):
@@ -149,10 +159,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--model_cache_dir",
         type=Path,
-        default=Path(
-            environ.get("MODEL_CACHE_DIR") or Path(tempfile.gettempdir()) / "movie-mlops-models"
-        ),
-        help="download cache for --model_uri (env MODEL_CACHE_DIR)",
+        default=Path(environ.get("MODEL_CACHE_DIR") or default_cache_dir()),
+        help="download cache for --model_uri (env MODEL_CACHE_DIR); private to this user",
     )
     parser.add_argument(
         "--max_request_bytes",

@@ -1272,6 +1272,23 @@ def test_corrupt_artefact_is_refused_and_never_ready(artefact: Path, tmp_path: P
     assert "arrays.npz does not match its checksum" in log
 
 
+def test_a_model_cache_others_may_write_to_is_refused_before_anything_is_fetched(
+    tmp_path: Path,
+) -> None:
+    cache = tmp_path / "shared-cache"
+    cache.mkdir()
+    cache.chmod(0o777)  # the old default, /tmp/movie-mlops-models, was shared by every user
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_free_port()}"}  # nobody
+    proc = subprocess.run(
+        [sys.executable, "-m", "model_server", "--model_name", MODEL,
+         "--model_uri", f"models:/{MODEL}/1", "--model_cache_dir", str(cache)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert f"the model cache {cache} is writable by group or others" in proc.stderr
+    assert "cannot resolve" not in proc.stderr  # refused before MLflow was asked
+
+
 def test_every_series_the_grafana_dashboard_queries_is_exported(server: Server) -> None:
     """The monitoring component's dashboard and the predictor agree on metric names."""
     import re
