@@ -124,6 +124,14 @@ def _corrupt(record: dict[str, Any], variant: MalformedVariant) -> None:
         record["release_date"] = "2023-13-45"
     elif variant is MalformedVariant.GENRE_IDS:
         record["genre_ids"] = ",".join(str(g) for g in record["genre_ids"])
+    elif variant is MalformedVariant.POSTER_URL:
+        record["poster_path"] = "https://attacker.example/track.jpg"
+    elif variant is MalformedVariant.POSTER_MARKUP:
+        record["poster_path"] = '/x.jpg" onerror="alert(document.cookie)'
+    elif variant is MalformedVariant.LONG_TITLE:
+        record["title"] = "A" * 10_000
+    elif variant is MalformedVariant.LONG_OVERVIEW:
+        record["overview"] = "O" * 100_000
 
 
 class SandboxHandler(BaseHTTPRequestHandler):
