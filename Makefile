@@ -47,7 +47,7 @@ $(NODE_STAMP): frontend/package.json frontend/package-lock.json
 	cd frontend && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-$(DIST): $(NODE_STAMP) $(shell find frontend/src frontend/index.html frontend/vite.config.js -type f 2>/dev/null)
+$(DIST): $(NODE_STAMP) $(shell find frontend/src frontend/public frontend/index.html frontend/vite.config.js -type f 2>/dev/null)
 	cd frontend && npm run build --silent
 
 frontend: $(DIST) ## Build the front end into frontend/dist
