@@ -4,10 +4,11 @@ KServe's REST server (uvicorn + FastAPI) reads a whole request body into memory 
 before the model can refuse it, with no limit on its size, no deadline for a client to finish
 sending a request and no limit on its headers (httptools, which uvicorn uses when installed, has
 none; h11's ``h11_max_incomplete_event_size`` does not apply to it). Measured before these
-limits: one 50 MB body took the predictor from 236 MB to 985 MB RSS (150 MB: 2.4 GiB, past
-every overlay's memory limit), a 100 MB body stalled every other request for ~3 s and the
-memory was not returned, and a client sending one header byte at a time held its connection
-for good. Here:
+limits (``make bench``, serving): a stream of 50 MB JSON bodies took the predictor from 296 MB
+to 1,011 MB RSS (past the dev overlay's 512 Mi limit; 392 MB once it ended), was answered 200,
+and put other requests' p99 at 0.9 s (max 2.1 s); a client sending one header byte a second
+held its connection for good. With them: 296 -> 300 MB, every such request 413, p99 as
+without the abuse. Here:
 
 - `RequestBodyLimit` (ASGI middleware, before anything reads the body): a ``Content-Length``
   over ``max_bytes`` is answered 413 without reading any of the body; a body without one

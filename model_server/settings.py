@@ -38,8 +38,8 @@ flag                        default                        meaning
                                                            past it a request is answered 503
 =========================== ============================== =====================================
 
-The limits (`model_server.limits`) bound what one client can cost: without them one 50 MB body
-took the predictor from 236 MB to 985 MB, past the dev overlay's 512 Mi limit.
+The limits (`model_server.limits`) bound what one client can cost: without them a stream of
+50 MB bodies took the predictor from 296 MB to 1,011 MB, past the dev overlay's 512 Mi limit.
 
 The served version is ``--model_version`` / ``$MODEL_VERSION`` if given, else the registered
 version of ``--model_uri``, else what the artefact says about itself
