@@ -290,9 +290,9 @@ class RecommenderModel(Model):
         if len(known):
             i = asking[int(known[0])]
             raise SeenItemsRefusedError(
-                f"{field.format(i)} false is refused for user_id {instances[i].user_id}, whom "
-                "the model knows: their recommendations never include what they have watched "
-                "(leave exclude_seen out, or send true)"
+                f"{field.format(i)} false is refused: the model knows this user_id, and a "
+                "known user's recommendations never include what they have watched (leave "
+                "exclude_seen out, or send true)"
             )
 
     def _check_histories(self, instances: Sequence[Instance], field: str) -> dict[int, str]:

@@ -941,7 +941,7 @@ def test_refusing_exclude_seen_names_the_known_user_and_leaves_anonymous_rows_al
     )
     assert mixed.status_code == 400
     assert mixed.json()["error"].startswith(
-        "instances[2].exclude_seen false is refused for user_id"
+        "instances[2].exclude_seen false is refused: the model knows"
     )
     anonymous = server.predict(
         [
