@@ -28,6 +28,7 @@ import requests
 
 from localstack.processes import free_port, spawn, stop_group, wait_healthy
 from tests.support.stack import (
+    V2_BODY,
     Session,
     registered_version,
     serve_only,
@@ -39,7 +40,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = "movie-recommender"
-V2_BODY = {"inputs": [{"name": "user_id", "shape": [1], "datatype": "INT64", "data": [1]}]}
 
 
 @pytest.fixture(scope="module")
