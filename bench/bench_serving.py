@@ -6,6 +6,13 @@ so both pay the same HTTP stack), and drives them in turns — 5 alternating rou
 so that a slow spell of this shared machine hits both — with a load generator in a separate
 process (aiohttp, 8 connections, single-user requests). Prints throughput of both and the ratio,
 p50/p99 latency, the time of one 1,000-user request, start-to-ready time and the server's RSS.
+
+Then the serving edge under abuse, on a fresh server: the same load alone, and again while
+another process sends a stream of oversized requests (50 MB of valid JSON, declared in
+Content-Length and sent in full, back to back) and holds 16 slow clients (one header byte a
+second, reconnecting when cut off). Prints the normal requests' p50/p99 and errors in both
+phases, the predictor's RSS before, at its peak and after, and what the abusive requests got
+(`model_server.limits`).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +37,9 @@ CONCURRENCY = 8
 DURATION_S = 5.0
 ROUNDS = 5
 WARMUP_S = 1.0
+OVERSIZED_BYTES = 50_000_000
+SLOW_CLIENTS = 16
+ABUSE_S = 14.0  # the load runs inside it; slow clients are cut after 10 s (read deadline)
 
 
 def _free_port() -> int:
@@ -160,6 +171,7 @@ def run() -> None:
         finally:
             _stop(ours)
             _stop(trivial)
+        edge = _edge_under_abuse(artefact, users)
 
     def median(key: str, side: int) -> float:
         return statistics.median(r[side][key] for r in rounds)
@@ -181,9 +193,122 @@ def run() -> None:
         f"max {max(times) * 1000:.0f} ms (7 requests)"
     )
     print(f"rss: {rss:.0f} MB after the runs (anonymous {anon:.0f} MB, peak {peak:.0f} MB)")
+    alone, attacked, memory, abuse = edge
+    print(
+        f"edge, normal requests alone: p50 {alone['p50_ms']:.2f} ms, p99 {alone['p99_ms']:.2f} ms, "
+        f"max {alone['max_ms']:.0f} ms, {alone['rps']:.0f} req/s, {alone['errors']} errors"
+    )
+    print(
+        f"edge, normal requests during abuse: p50 {attacked['p50_ms']:.2f} ms, "
+        f"p99 {attacked['p99_ms']:.2f} ms, max {attacked['max_ms']:.0f} ms, "
+        f"{attacked['rps']:.0f} req/s, "
+        f"{attacked['errors']} errors ({SLOW_CLIENTS} slow clients and a stream of "
+        f"{OVERSIZED_BYTES / 1e6:.0f} MB requests)"
+    )
+    print(
+        "edge, predictor rss: {before:.0f} MB before, peak {peak:.0f} MB, {after:.0f} MB after "
+        "the abuse".format(**memory)
+    )
+    print(
+        f"edge, abusive requests: {abuse['oversized']} oversized sent "
+        f"({abuse['oversized_status']}), {abuse['slow_cut']} slow connections cut off "
+        f"({abuse['slow_status']})"
+    )
+
+
+def _edge_under_abuse(
+    artefact: Path, users: list[int]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, float], dict[str, Any]]:
+    """The normal load alone, then during abuse (another process), on a fresh server."""
+    server, port = _start_ours(artefact)
+    try:
+        _wait_ready(server, port, MODEL, timeout=60)
+        alone = _load(port, MODEL, users)
+        before, _, _ = _rss_mb(server.pid)
+        abuser = subprocess.Popen(
+            [sys.executable, "-m", "bench.bench_serving", "abuse", str(port), str(ABUSE_S)],
+            cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        peak = before
+        time.sleep(1.0)  # let the abuse ramp up
+        attacked = _load(port, MODEL, users)
+        out, _ = abuser.communicate(timeout=ABUSE_S + 120)
+        for _ in range(10):  # what is left once the abuse has ended
+            peak = max(peak, _rss_mb(server.pid)[0])
+            time.sleep(0.1)
+        after, _, hwm = _rss_mb(server.pid)
+        memory = {"before": before, "peak": max(peak, hwm), "after": after}
+        return alone, attacked, memory, json.loads(out)
+    finally:
+        _stop(server)
 
 
 # -- helpers run as separate processes -------------------------------------------------------
+
+
+async def _abuse(port: int, duration: float) -> dict[str, Any]:
+    """Oversized requests back to back and slow clients, for ``duration`` seconds."""
+    deadline = time.perf_counter() + duration
+    statuses: dict[str, Counter[str]] = {"oversized": Counter(), "slow": Counter()}
+    counts = {"oversized": 0, "slow_cut": 0}
+    head = (
+        f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: bench\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {OVERSIZED_BYTES}\r\n\r\n"
+    ).encode()
+    # valid JSON that KServe's stack would decode whole: top-level keys besides "instances"
+    # are ignored, so without a limit this is a 200 after ~25 million ints were decoded
+    prefix, suffix = b'{"instances": [{"user_id": 1}], "padding": [', b"1]}"
+    body = prefix + b"1," * ((OVERSIZED_BYTES - len(prefix) - len(suffix)) // 2) + suffix
+    head = head.replace(str(OVERSIZED_BYTES).encode(), str(len(body)).encode())
+    block = 1 << 20
+
+    async def answer(reader: asyncio.StreamReader) -> str:
+        try:
+            line = await asyncio.wait_for(reader.readline(), timeout=60)
+        except (TimeoutError, ConnectionError):
+            return "no answer"
+        return line.split(b" ")[1].decode() if line.startswith(b"HTTP/") else "closed"
+
+    async def oversized() -> None:
+        while time.perf_counter() < deadline:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            reading = asyncio.ensure_future(answer(reader))
+            try:
+                writer.write(head)
+                for start in range(0, len(body), block):
+                    writer.write(body[start : start + block])
+                    await writer.drain()
+            except ConnectionError:
+                pass
+            counts["oversized"] += 1
+            statuses["oversized"][await reading] += 1
+            writer.close()
+
+    async def slow() -> None:
+        while time.perf_counter() < deadline:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            reading = asyncio.ensure_future(answer(reader))
+            try:
+                writer.write(f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\n".encode())
+                while time.perf_counter() < deadline and not reading.done():
+                    writer.write(b"X")
+                    await writer.drain()
+                    await asyncio.sleep(1.0)
+            except ConnectionError:
+                pass
+            if reading.done():
+                counts["slow_cut"] += 1
+                statuses["slow"][reading.result()] += 1
+            else:
+                reading.cancel()
+            writer.close()
+
+    await asyncio.gather(oversized(), *(slow() for _ in range(SLOW_CLIENTS)))
+    return {
+        **counts,
+        "oversized_status": ", ".join(f"{n}x {s}" for s, n in statuses["oversized"].items()),
+        "slow_status": ", ".join(f"{n}x {s}" for s, n in statuses["slow"].items()) or "none",
+    }
 
 
 async def _generate(port: int, name: str, users: list[int]) -> dict[str, Any]:
@@ -219,6 +344,7 @@ async def _generate(port: int, name: str, users: list[int]) -> dict[str, Any]:
         "rps": len(latencies) / elapsed,
         "p50_ms": latencies[len(latencies) // 2] * 1000,
         "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+        "max_ms": latencies[-1] * 1000,
         "errors": errors,
     }
 
@@ -251,3 +377,5 @@ if __name__ == "__main__":
         )
     elif sys.argv[1] == "trivial":
         _serve_trivial(int(sys.argv[2]))
+    elif sys.argv[1] == "abuse":
+        print(json.dumps(asyncio.run(_abuse(int(sys.argv[2]), float(sys.argv[3])))))

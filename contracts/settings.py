@@ -49,3 +49,9 @@ MODEL_NAME = EnvVar("MODEL_NAME", _MODEL_NAME, "registered model name")
 MODEL_VERSION = EnvVar("MODEL_VERSION", "", "version the predictor reports")
 MODEL_DIGEST = EnvVar("MODEL_DIGEST", "", "artefact digest the predictor must find")
 MODEL_SERVER_HOST = EnvVar("MODEL_SERVER_HOST", LOOPBACK, "address the predictor binds")
+# The largest request body the serving edge reads (the predictor and the local ingress): a body
+# over it is refused with 413 before it is read whole. 1 MiB holds 1,000 instances with long
+# histories many times over; the cluster's nginx refuses the same size (client_max_body_size).
+MAX_REQUEST_BYTES = EnvVar(
+    "MAX_REQUEST_BYTES", str(1 << 20), "largest request body the predictor and ingress read"
+)

@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1.7
-# movie-mlops/frontend: the built React page behind nginx-unprivileged on :8080; /v1/ is proxied
-# to the predictor (see frontend/default.conf.template).
+# movie-mlops/frontend: the built React page behind nginx-unprivileged on :8080; the inference
+# routes are proxied to the predictor (see docker/frontend/default.conf.template).
 ARG NODE_IMAGE=node:20.19.4-bookworm-slim
 ARG NGINX_IMAGE=nginxinc/nginx-unprivileged:1.28.0-alpine
 

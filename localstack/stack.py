@@ -79,6 +79,11 @@ class StackSettings:
         return self.layout.stack
 
     @property
+    def sandbox_control_token_file(self) -> Path:
+        """The sandbox's control-API token (``/__sandbox/faults``...), mode 0600."""
+        return self.layout.run / "sandbox-control-token"
+
+    @property
     def mlflow_url(self) -> str:
         return f"http://{self.host}:{self.mlflow_port}"
 
@@ -142,6 +147,8 @@ def _argv(settings: StackSettings, name: str) -> tuple[list[str], dict[str, str]
             "--host", settings.host,
             "--port", str(settings.sandbox_port),
             "--token", SANDBOX_TOKEN,
+            # its fault-control API takes a token of its own, random, readable by this user only
+            "--control-token-file", str(settings.sandbox_control_token_file),
         ]  # fmt: skip
         return argv, {}, f"http://{settings.host}:{settings.sandbox_port}/__sandbox/health", 60.0
     if name == "ingress":

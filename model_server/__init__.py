@@ -13,7 +13,7 @@ recommender artefact (`recommenders.load`, checksums verified) and serves it wit
       inputs   user_id      INT64 [n]     required; -1: no user, rank the row's history
                history      INT64 [n, h]  optional; -1 pads rows of different lengths
                k            INT64 [1]     optional, 1..100 (default 10)
-               exclude_seen BOOL  [1]     optional (default true)
+               exclude_seen BOOL  [1]     optional (default true; false: 400 for known users)
       outputs  content_ids  INT64 [n, k]  best first; -1 pads a row with fewer candidates
                scores       FP32  [n, k]  0 where content_ids is -1
                fallback     BOOL  [n]     popularity ranking used
@@ -21,6 +21,11 @@ recommender artefact (`recommenders.load`, checksums verified) and serves it wit
 
 - health and metadata of both protocols, and ``/metrics``; nothing else (no model-repository
   load/unload): live and ready only while the model is loaded.
+
+A known user's seen items are never returned (``exclude_seen`` false is refused for them), and
+what one client may cost is bounded: bodies over ``--max_request_bytes`` (1 MiB) get 413
+unread, a request not sent within ``--request_read_timeout`` 408, past ``--limit_concurrency``
+503 (docs/security.md).
 
 Modules:
 
@@ -32,6 +37,7 @@ Modules:
 - `model_server.server`: the HTTP wiring (bind address, content types, served routes, health,
   error mapping, logging);
 - `model_server.grpc_server`: the gRPC wiring (bind address, no repository RPCs, status codes);
+- `model_server.limits`: what one client may cost (body size, read deadline, header size);
 - `model_server.errors`: the domain errors, each with its HTTP status and metric reason.
 
 Importing this package does nothing; ``kserve`` (which parses ``sys.argv`` when imported) is only

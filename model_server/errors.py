@@ -58,6 +58,12 @@ class TooManyInstancesError(RequestError):
     reason = "too_many_instances"
 
 
+class SeenItemsRefusedError(RequestError):
+    """``exclude_seen: false`` for a user the model knows: it would return what they watched."""
+
+    reason = "exclude_seen_refused"
+
+
 class UnknownContentError(RequestError):
     """A history the model must use holds only content ids it does not know."""
 

@@ -5,9 +5,11 @@ address), serves the model-repository extension (``RepositoryModelLoad``/``Unloa
 can reach the port could unload the model, after which every inference fails while the process
 stays up) and maps only KServe's own exceptions to status codes (this package's errors became
 INTERNAL). `BoundGRPCServer` is the same server — same options, same servicer for inference,
-health and metadata — with three changes:
+health and metadata — with these changes:
 
-- it listens on ``host`` only (``--host``: loopback unless told otherwise);
+- it listens on ``host`` only (``--host``: loopback unless told otherwise), and receives
+  messages of at most ``max_receive_length`` bytes (``--max_request_bytes``, as REST bodies;
+  larger: RESOURCE_EXHAUSTED, unread);
 - the repository RPCs answer UNIMPLEMENTED and touch nothing;
 - errors are mapped by ``on_error`` (`model_server.server.classify`: the REST mapping), whose
   HTTP status becomes the gRPC code (`grpc_status`): a bad request is INVALID_ARGUMENT naming
@@ -92,7 +94,8 @@ class BoundGRPCServer(GRPCServer):
         data_plane: DataPlane,
         model_repository_extension: ModelRepositoryExtension,
         *,
-        max_message_length: int,
+        max_send_length: int,
+        max_receive_length: int,
         grace_period: int,
         on_error: OnError,
         log_calls: bool,
@@ -102,8 +105,8 @@ class BoundGRPCServer(GRPCServer):
             data_plane,
             model_repository_extension,
             kwargs={
-                "grpc_max_send_message_length": max_message_length,
-                "grpc_max_receive_message_length": max_message_length,
+                "grpc_max_send_message_length": max_send_length,
+                "grpc_max_receive_message_length": max_receive_length,
             },
             grace_period=grace_period,
         )

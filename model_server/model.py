@@ -16,17 +16,22 @@ Response (V1)::
 
 plus the ``X-Model-Version`` response header. An instance that asks ``"popular": true`` is
 answered by the recommender's own popularity fallback (no user, no history), so its prediction
-has ``fallback: true`` and that fallback's ``reason``.
-plus the ``X-Model-Version`` response header. The V2 protocol (``/v2/models/<name>/infer`` and
-gRPC ``ModelInfer``) is `model_server.tensors`: its rows become the same `Instance` objects and
-are answered by the same `RecommenderModel.recommend`, on a path of its own (the V1 path is
-tuned for throughput and does not pay for V2).
+has ``fallback: true`` and that fallback's ``reason``. The V2 protocol
+(``/v2/models/<name>/infer`` and gRPC ``ModelInfer``) is `model_server.tensors`: its rows
+become the same `Instance` objects and are answered by the same `RecommenderModel.recommend`,
+on a path of its own (the V1 path is tuned for throughput and does not pay for V2).
 
 Unknown content ids in a history: when the history is what the model scores (no ``user_id``, or
 a ``user_id`` the model does not know), ids the model does not know are ignored and ``reason``
 lists them; a history with no known id at all is refused (422, naming the ids), because the
 caller asked for a personalised answer that cannot be given. A known user's ranking comes from
 their training interactions and any ``history`` sent with it is not used (nor checked).
+
+A known user's seen items are never returned: ``exclude_seen: false`` (V2: the
+``exclude_seen`` tensor false) with a ``user_id`` the model knows is refused with a 400 naming
+the field, because comparing that ranking with the default one lists exactly the films the user
+watched (`SeenItemsRefusedError`; docs/security.md). An anonymous history may still ask for
+its own items back: the caller sent them.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from contracts.names import VERSION_HEADER
 from model_server.errors import (
     ModelNotLoadedError,
     RequestError,
+    SeenItemsRefusedError,
     UnknownContentError,
     UnsupportedMediaTypeError,
 )
@@ -223,7 +229,11 @@ class RecommenderModel(Model):
 
     def _infer(self, request: TensorRequest) -> InferResponse:
         """The V2 answer: the V1 predictions of the request's rows, as tensors."""
-        predictions = self.recommend(request.instances, history_field="input history row {}")
+        predictions = self.recommend(
+            request.instances,
+            history_field="input history row {}",
+            exclude_field="input exclude_seen (row {})",
+        )
         self._count(predictions)
         return infer_response(request, predictions, self.name, self.version)
 
@@ -234,15 +244,20 @@ class RecommenderModel(Model):
             self._fallbacks.inc(fallbacks)
 
     def recommend(
-        self, instances: Sequence[Instance], history_field: str = "instances[{}].history"
+        self,
+        instances: Sequence[Instance],
+        history_field: str = "instances[{}].history",
+        exclude_field: str = "instances[{}].exclude_seen",
     ) -> list[dict[str, Any]]:
         """The ``predictions`` list for validated instances.
 
-        ``history_field`` names instance ``i``'s history in error messages (``.format(i)``).
+        ``history_field`` and ``exclude_field`` name instance ``i``'s history and
+        ``exclude_seen`` in error messages (``.format(i)``).
         """
         model = self.recommender
         if model is None:
             raise ModelNotLoadedError(f"model {self.name} is not loaded")
+        self._check_exclusion(instances, exclude_field)
         notes = self._check_histories(instances, history_field)
         if len(instances) == 1:  # the common single-request case: no grouping needed
             inst = instances[0]
@@ -266,6 +281,24 @@ class RecommenderModel(Model):
                     rec, instances[i].k, notes.get(i), instances[i].display
                 )
         return predictions  # type: ignore[return-value]
+
+    def _check_exclusion(self, instances: Sequence[Instance], field: str) -> None:
+        """Raises `SeenItemsRefusedError` if a known user asks for their seen items back."""
+        asking = [i for i, inst in enumerate(instances) if not inst.exclude_seen]
+        if not asking:
+            return
+        users = np.array(
+            [-1 if instances[i].user_id is None else instances[i].user_id for i in asking],
+            dtype=np.int64,
+        )
+        known = np.flatnonzero(_isin_sorted(users, self._users))
+        if len(known):
+            i = asking[int(known[0])]
+            raise SeenItemsRefusedError(
+                f"{field.format(i)} false is refused: the model knows this user_id, and a "
+                "known user's recommendations never include what they have watched (leave "
+                "exclude_seen out, or send true)"
+            )
 
     def _check_histories(self, instances: Sequence[Instance], field: str) -> dict[int, str]:
         """Notes on ignored unknown ids; raises `UnknownContentError` for an unusable history."""

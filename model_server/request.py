@@ -15,9 +15,13 @@
   history stays an error rather than meaning "popular", so a client that lost its input hears
   about it instead of silently getting the popular list;
 - ``k``: an integer in 1..100 (default 10); ``exclude_seen``: a boolean (default true);
+  false is refused (400) for a ``user_id`` the model knows (`model_server.model`), so the
+  public route never returns what a known user watched;
 - ``display``: a boolean (default false): add ``items`` with the catalog's display fields
   (title, poster, date, rating) to the prediction — what a page needs, not what a service
-  comparing rankings needs, so it is asked for rather than always paid for;
+  comparing rankings needs, so it is asked for rather than always paid for; at most 50
+  instances of a request may ask for it (a page shows one list; 1,000 instances x 100 items
+  with titles would be a response of tens of MB): more is a 413;
 - no other keys in an instance (a typo such as ``"userid"`` would otherwise silently fall back
   to the popularity ranking); other top-level keys are ignored;
 - 1..1000 instances.
@@ -43,6 +47,7 @@ from model_server.errors import (
 )
 
 MAX_INSTANCES = 1000
+MAX_DISPLAY_INSTANCES = 50
 MAX_HISTORY = 1000
 MAX_K = 100
 DEFAULT_K = 10
@@ -122,6 +127,12 @@ def parse_payload(data: Any) -> list[Instance]:
         parsed = _INSTANCES.validate_python(instances)
     except ValidationError as err:
         raise RequestError(_describe(err)) from err
+    shown = sum(1 for instance in parsed if instance.display)
+    if shown > MAX_DISPLAY_INSTANCES:
+        raise TooManyInstancesError(
+            f"{shown} instances ask for display: true; at most {MAX_DISPLAY_INSTANCES} per "
+            "request (display fields are for a page showing a list)"
+        )
     for i, instance in enumerate(parsed):
         if instance.popular:
             if instance.user_id is not None or instance.history is not None:

@@ -9,12 +9,16 @@ live and ready whether or not a model is loaded. `ModelServer` here is `kserve.M
 with these changes:
 
 - its REST server (`RESTServer`, a subclass of KServe's) binds ``settings.host``, adds
-  `JSONBodyMiddleware`, registers this package's error mapping (`register_error_handlers`) and
+  `JSONBodyMiddleware`, registers this package's error mapping (`register_error_handlers`),
   serves only `SERVED_ROUTES` (`ServedRoutesOnly`): inference, health and metadata of V1 and
   V2, and ``/metrics`` (no ``/v2/repository/*``, ``:explain``, ``/versions/*`` or
-  ``/openapi.json``: 404);
+  ``/openapi.json``: 404), and bounds what one client may cost (`model_server.limits`: a body
+  over ``--max_request_bytes`` is refused before it is read, a request not sent within
+  ``--request_read_timeout`` is cut off, headers over 64 KiB are refused, and past
+  ``--limit_concurrency`` connections a request gets 503);
 - its gRPC server (`model_server.grpc_server.BoundGRPCServer`, with ``--enable_grpc``) binds
-  the same host, refuses the repository RPCs and maps errors as REST does;
+  the same host, refuses the repository RPCs, receives messages of ``--max_request_bytes`` at
+  most and maps errors as REST does;
 - its data plane (`ServingDataPlane`) is live and ready only while every registered model is
   loaded, and advertises no protocol extension.
 
@@ -34,6 +38,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from model_server.errors import ModelSourceError, Rejection, ServingError
+from model_server.limits import RequestBodyLimit, Respond, read_limited_protocol
 from model_server.metrics import Metrics
 from model_server.model import UNDECODED_JSON, VERSION_HEADER, RecommenderModel
 from model_server.settings import AccessLog, Settings, parse_settings
@@ -185,23 +190,28 @@ def describe_invalid_body(errors: Sequence[Any]) -> Rejection:
     return Rejection(400, "invalid_request", f"{field}: {first['msg']}")
 
 
-def register_error_handlers(app: Any, metrics: Metrics, version: Callable[[], str | None]) -> None:
-    """The REST side of `classify`: ``{"error": "..."}`` with the rejection's status.
+def rejection_response(
+    rejection: Rejection, metrics: Metrics, version: Callable[[], str | None]
+) -> Any:
+    """``{"error": "..."}`` with the rejection's status and ``X-Model-Version``, once counted."""
+    from starlette.responses import JSONResponse
+
+    report(rejection, metrics)
+    served = version()
+    headers = {VERSION_HEADER: served} if served else None
+    return JSONResponse(
+        status_code=rejection.status, content={"error": rejection.message}, headers=headers
+    )
+
+
+def register_error_handlers(app: Any, respond: Respond) -> None:
+    """The REST side of `classify`: ``respond`` (`rejection_response`) to every known error.
 
     Every 4xx is counted and logged once (`report`); responses carry ``X-Model-Version`` like
     successes do.
     """
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
     from kserve.errors import InvalidInput
-
-    def respond(rejection: Rejection) -> Any:
-        report(rejection, metrics)
-        served = version()
-        headers = {VERSION_HEADER: served} if served else None
-        return JSONResponse(
-            status_code=rejection.status, content={"error": rejection.message}, headers=headers
-        )
 
     async def known_error(_: Any, exc: Exception) -> Any:
         rejection = classify(exc)
@@ -277,23 +287,35 @@ def _rest_server_class() -> type:
     from kserve.protocol.rest.server import RESTServer as KServeRESTServer
 
     class RESTServer(KServeRESTServer):
-        """KServe's REST server on ``host``, with our middlewares and error mapping."""
+        """KServe's REST server on ``host``, with our middlewares, limits and error mapping."""
 
         def __init__(
-            self, *args: Any, host: str, on_app: Callable[[Any], None], **kwargs: Any
+            self,
+            *args: Any,
+            settings: Settings,
+            respond: Respond,
+            on_refused: Callable[[Rejection], None],
+            **kwargs: Any,
         ) -> None:
             super().__init__(*args, **kwargs)
-            self.config.host = host  # uvicorn reads it when the server starts
-            self._on_app = on_app
+            # uvicorn reads these when the server starts
+            self.config.host = settings.host
+            self.config.limit_concurrency = settings.limit_concurrency
+            self.config.http = read_limited_protocol(settings.request_read_timeout, on_refused)
+            self._max_request_bytes = settings.max_request_bytes
+            self._respond = respond
 
         def _add_middlewares(self, app: Any) -> None:
             super()._add_middlewares(app)
             app.add_middleware(JSONBodyMiddleware)
+            app.add_middleware(
+                RequestBodyLimit, max_bytes=self._max_request_bytes, respond=self._respond
+            )
             app.add_middleware(ServedRoutesOnly)
 
         def _add_exception_handlers(self, app: Any) -> None:
             super()._add_exception_handlers(app)
-            self._on_app(app)
+            register_error_handlers(app, self._respond)
 
     return RESTServer
 
@@ -308,7 +330,11 @@ def _model_server_class() -> type:
         """`kserve.ModelServer` with `RESTServer`, `BoundGRPCServer` and `ServingDataPlane`."""
 
         def __init__(
-            self, settings: Settings, on_app: Callable[[Any], None], on_grpc_error: OnError
+            self,
+            settings: Settings,
+            respond: Respond,
+            on_refused: Callable[[Rejection], None],
+            on_grpc_error: OnError,
         ) -> None:
             super().__init__(
                 http_port=settings.http_port,
@@ -325,7 +351,8 @@ def _model_server_class() -> type:
             )
             self.dataplane = dataplane_class()(model_registry=self.registered_models)
             self.settings = settings
-            self._on_app = on_app
+            self._respond = respond
+            self._on_refused = on_refused
             self._on_grpc_error = on_grpc_error
 
         def start(self, models: list[Any]) -> None:
@@ -341,8 +368,9 @@ def _model_server_class() -> type:
                 grace_period=self.grace_period,
                 event_loop=self.event_loop,
                 timeout_keep_alive=self.timeout_keep_alive,
-                host=self.settings.host,
-                on_app=self._on_app,
+                settings=self.settings,
+                respond=self._respond,
+                on_refused=self._on_refused,
             )
             self.servers.append(self._rest_server.start())
             if self.enable_grpc:
@@ -351,7 +379,8 @@ def _model_server_class() -> type:
                     self.grpc_port,
                     self.dataplane,
                     self.model_repository_extension,
-                    max_message_length=MAX_GRPC_MESSAGE_LENGTH,
+                    max_send_length=MAX_GRPC_MESSAGE_LENGTH,
+                    max_receive_length=self.settings.max_request_bytes,
                     grace_period=self.grace_period,
                     on_error=self._on_grpc_error,
                     log_calls=self.settings.access_log is AccessLog.ALL,
@@ -423,11 +452,13 @@ def serve(model: Any, settings: Settings, metrics: Metrics) -> None:
             report(rejection, metrics)
         return rejection
 
+    def respond(rejection: Rejection) -> Any:
+        return rejection_response(rejection, metrics, lambda: getattr(model, "version", None))
+
     server = _model_server_class()(
         settings,
-        on_app=lambda app: register_error_handlers(
-            app, metrics, lambda: getattr(model, "version", None)
-        ),
+        respond=respond,
+        on_refused=lambda rejection: report(rejection, metrics),
         on_grpc_error=on_grpc_error,
     )
     # Everything alive now (modules, the loaded model, its lookups: ~150k tracked objects) lives

@@ -25,9 +25,21 @@ flag                        default                        meaning
 ``--enable_latency_logging````false`` (KServe: true)       a log line per request with timings
 ``--access_log``            ``errors``                     uvicorn access lines: ``errors``
                                                            (status >= 400 only), ``all``, ``off``
-``--model_cache_dir``       ``$MODEL_CACHE_DIR`` or        where ``--model_uri`` downloads go
-                            ``<tmp>/movie-mlops-models``
+``--model_cache_dir``       ``$MODEL_CACHE_DIR`` or        where ``--model_uri`` downloads go;
+                            ``<tmp>/movie-mlops-models-    created 0700, refused if another user
+                            <uid>``                        owns it or others may write to it
+``--max_request_bytes``     ``$MAX_REQUEST_BYTES`` or      a larger body is refused with 413
+                            ``1048576`` (1 MiB)            before it is read (gRPC: the largest
+                                                           message received)
+``--request_read_timeout``  ``10`` seconds                 a client still sending its request
+                                                           (headers or body) after this is
+                                                           answered 408 and disconnected
+``--limit_concurrency``     ``64``                         connections + requests in progress;
+                                                           past it a request is answered 503
 =========================== ============================== =====================================
+
+The limits (`model_server.limits`) bound what one client can cost: without them a stream of
+50 MB bodies took the predictor from 296 MB to 1,011 MB, past the dev overlay's 512 Mi limit.
 
 The served version is ``--model_version`` / ``$MODEL_VERSION`` if given, else the registered
 version of ``--model_uri``, else what the artefact says about itself
@@ -42,6 +54,7 @@ per predictor (HTTP here, which carries V1 and V2 REST).
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -49,14 +62,24 @@ from enum import Enum
 from pathlib import Path
 
 from contracts.settings import (
+    MAX_REQUEST_BYTES,
     MLFLOW_TRACKING_URI,
     MODEL_DIGEST,
     MODEL_NAME,
     MODEL_SERVER_HOST,
     MODEL_VERSION,
 )
+from model_server.limits import DEFAULT_LIMIT_CONCURRENCY, DEFAULT_READ_TIMEOUT_S
 
 DEFAULT_MODEL_DIR = Path("/mnt/models")
+
+
+def default_cache_dir() -> Path:
+    """``<tmp>/movie-mlops-models-<uid>``: one cache per user (`model_server.source` checks it).
+
+    Not under ``$HOME``: a pod's user often has none and only ``/tmp`` is writable.
+    """
+    return Path(tempfile.gettempdir()) / f"movie-mlops-models-{os.getuid()}"
 
 
 class AccessLog(str, Enum):
@@ -91,6 +114,9 @@ class Settings:
     log_config_file: str | None
     tracking_uri: str
     cache_dir: Path
+    max_request_bytes: int
+    request_read_timeout: float
+    limit_concurrency: int
 
 
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -140,10 +166,26 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--model_cache_dir",
         type=Path,
-        default=Path(
-            environ.get("MODEL_CACHE_DIR") or Path(tempfile.gettempdir()) / "movie-mlops-models"
-        ),
-        help="download cache for --model_uri (env MODEL_CACHE_DIR)",
+        default=Path(environ.get("MODEL_CACHE_DIR") or default_cache_dir()),
+        help="download cache for --model_uri (env MODEL_CACHE_DIR); private to this user",
+    )
+    parser.add_argument(
+        "--max_request_bytes",
+        type=int,
+        default=MAX_REQUEST_BYTES.get(environ),  # a string: argparse applies `type` to it
+        help="largest request body read (env MAX_REQUEST_BYTES); larger ones get 413 unread",
+    )
+    parser.add_argument(
+        "--request_read_timeout",
+        type=float,
+        default=DEFAULT_READ_TIMEOUT_S,
+        help="seconds a client may take to send one request (headers and body); then 408",
+    )
+    parser.add_argument(
+        "--limit_concurrency",
+        type=int,
+        default=DEFAULT_LIMIT_CONCURRENCY,
+        help="connections and requests in progress at most; past it a request gets 503",
     )
     parser.set_defaults(
         model_name=MODEL_NAME.get(environ),
@@ -161,6 +203,9 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         parser.error("--workers must be 1: the model is loaded once, in this process")
     if args.http_port == args.grpc_port and args.enable_grpc:
         parser.error("--http_port and --grpc_port must differ")
+    for flag in ("max_request_bytes", "request_read_timeout", "limit_concurrency"):
+        if getattr(args, flag) <= 0:
+            parser.error(f"--{flag} must be positive")
     model_dir = args.model_dir
     if model_dir is None and args.model_uri is None:
         model_dir = DEFAULT_MODEL_DIR
@@ -185,4 +230,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         log_config_file=args.log_config_file,
         tracking_uri=MLFLOW_TRACKING_URI.get(environ),
         cache_dir=args.model_cache_dir,
+        max_request_bytes=args.max_request_bytes,
+        request_read_timeout=args.request_read_timeout,
+        limit_concurrency=args.limit_concurrency,
     )

@@ -5,6 +5,11 @@ tracking server: the registered version's ``run_id`` names the run, whose artefa
 ``kserve/`` (what the training job logs with ``mlflow.log_artifacts(dir, "kserve")``) are the
 plain numpy artefact. They are downloaded once into ``<cache_dir>/<name>/<version>/``; a later
 start reuses that copy if its checksums still verify.
+
+The cache is private to the user running the server (`private_cache`): a cached artefact
+carries its own ``checksums.json``, so whoever can write into the cache can choose what is
+served. It is created 0700, and a cache directory another user owns, that group or others may
+write to, or that is a symlink is refused.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +41,35 @@ class ResolvedModel:
     version: str | None
 
 
+def private_cache(directory: Path) -> Path:
+    """``directory``, created 0700 if missing; `ModelSourceError` unless it is this user's own.
+
+    Refused: a symlink or not a directory, owned by another user, or writable by group or
+    others.
+    """
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = directory.lstat()
+    except OSError as err:
+        raise ModelSourceError(f"cannot create the model cache {directory}: {err}") from err
+    uid = os.getuid()
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise ModelSourceError(f"the model cache {directory} is a symlink or not a directory")
+    if info.st_uid != uid:
+        raise ModelSourceError(
+            f"the model cache {directory} belongs to uid {info.st_uid}, not to this user "
+            f"({uid}): anyone who can write there chooses the model served; remove it or "
+            "give --model_cache_dir / MODEL_CACHE_DIR"
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ModelSourceError(
+            f"the model cache {directory} is writable by group or others "
+            f"(mode {stat.S_IMODE(info.st_mode):o}): anyone who can write there chooses the "
+            f"model served; chmod 700 {directory}"
+        )
+    return directory
+
+
 def resolve_models_uri(uri: str, tracking_uri: str, cache_dir: Path) -> ResolvedModel:
     """Download (or reuse) the ``kserve`` artefacts of the run behind a registered version."""
     match = _MODELS_URI.fullmatch(uri)
@@ -42,6 +77,7 @@ def resolve_models_uri(uri: str, tracking_uri: str, cache_dir: Path) -> Resolved
         raise ModelSourceError(
             f"--model_uri {uri!r} is not models:/<name>/<version> or models:/<name>@<alias>"
         )
+    cache = private_cache(cache_dir)  # before anything is fetched: a bad cache is never used
     import mlflow.artifacts  # heavy; only this path needs it
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -62,7 +98,7 @@ def resolve_models_uri(uri: str, tracking_uri: str, cache_dir: Path) -> Resolved
     version = str(registered.version)
     if not registered.run_id:
         raise ModelSourceError(f"{uri} (version {version}) has no run_id to fetch artefacts from")
-    target = cache_dir / name / version
+    target = cache / name / version
     if target.is_dir():
         try:
             verify_artifact(target)

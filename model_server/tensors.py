@@ -14,7 +14,8 @@ name             datatype shape     meaning
 ``history``      INT64    [n, h]    content ids each row has watched, ``h`` <= 1000; ``-1``
                                     entries are padding (rows of different lengths)
 ``k``            INT64    [1]       list length for every row, 1..100 (default 10)
-``exclude_seen`` BOOL     [1]       leave out what the user has seen (default true)
+``exclude_seen`` BOOL     [1]       leave out what the user has seen (default true); false
+                                    is refused (400) when a row's user is known to the model
 ================ ======== ========= ==========================================================
 
 Outputs (all four unless the request names some in ``outputs``):

@@ -92,14 +92,25 @@ class RedactingFilter(logging.Filter):
 
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
 
+# What a TMDB image path looks like (``/kqjL17yufvn9OVLyXYpvtyrFfak.jpg``): the page appends it
+# to its poster base URL, so anything else (a full URL, ``..``, a query, markup) is refused.
+POSTER_PATH = re.compile(r"/[A-Za-z0-9_-]+\.(?:jpg|jpeg|png|svg|webp)")
+MAX_TITLE = 300  # TMDB's longest titles are under 200 characters
+MAX_OVERVIEW = 5_000  # TMDB caps overviews at about 1,000
+
 
 class MovieRecord(BaseModel):
-    """One validated entry of `/movie/popular` (types are checked, not coerced)."""
+    """One validated entry of `/movie/popular` (types are checked, not coerced).
+
+    Shown on the page, so bounded: ``poster_path`` must be a TMDB image path (`POSTER_PATH`),
+    titles at most `MAX_TITLE` characters and the overview at most `MAX_OVERVIEW`; a record
+    that breaks any of these is quarantined like any other invalid record, with its reason.
+    """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     id: PositiveInt
-    title: Annotated[StrictStr, Field(min_length=1)]
+    title: Annotated[StrictStr, Field(min_length=1, max_length=MAX_TITLE)]
     vote_average: Annotated[float, Field(ge=0, le=10, strict=True)]
     vote_count: Annotated[StrictInt, Field(ge=0)]
     popularity: Annotated[float, Field(ge=0, strict=True)]
@@ -107,9 +118,9 @@ class MovieRecord(BaseModel):
     genre_ids: list[StrictInt] = Field(default_factory=list)
     poster_path: StrictStr | None = None
     backdrop_path: StrictStr | None = None
-    original_title: StrictStr | None = None
+    original_title: Annotated[StrictStr, Field(max_length=MAX_TITLE)] | None = None
     original_language: StrictStr | None = None
-    overview: StrictStr | None = None
+    overview: Annotated[StrictStr, Field(max_length=MAX_OVERVIEW)] | None = None
     adult: StrictBool | None = None
     video: StrictBool | None = None
 
@@ -118,6 +129,13 @@ class MovieRecord(BaseModel):
     def _title_not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("title is blank")
+        return value
+
+    @field_validator("poster_path")
+    @classmethod
+    def _poster_path(cls, value: str | None) -> str | None:
+        if value is not None and not POSTER_PATH.fullmatch(value):
+            raise ValueError("poster_path must be a TMDB image path like /abc123.jpg")
         return value
 
     @field_validator("release_date", mode="before")

@@ -40,6 +40,7 @@ class Sandbox:
     base_url: str  # e.g. http://127.0.0.1:40123/3, what TMDB_BASE_URL should be
     token: str
     api_key: str
+    control_token: str  # the control API's own token (not the TMDB credential)
     process: subprocess.Popen[str]
     log_path: Path
 
@@ -47,18 +48,28 @@ class Sandbox:
     def control_url(self) -> str:
         return self.base_url.removesuffix("/3") + "/__sandbox"
 
+    @property
+    def control_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.control_token}"}
+
     def set_faults(self, faults: dict[str, Any]) -> dict[str, Any]:
         """Replace the faults, e.g. ``{"scripted": [{"page": 3, "kind": "status", ...}]}``."""
-        response = requests.put(f"{self.control_url}/faults", json=faults, timeout=5)
+        response = requests.put(
+            f"{self.control_url}/faults", json=faults, headers=self.control_headers, timeout=5
+        )
         response.raise_for_status()
         return response.json()
 
     def reset(self) -> None:
         """Zero the stats and clear the faults."""
-        requests.post(f"{self.control_url}/reset", timeout=5).raise_for_status()
+        requests.post(
+            f"{self.control_url}/reset", headers=self.control_headers, timeout=5
+        ).raise_for_status()
 
     def stats(self) -> dict[str, Any]:
-        response = requests.get(f"{self.control_url}/stats", timeout=5)
+        response = requests.get(
+            f"{self.control_url}/stats", headers=self.control_headers, timeout=5
+        )
         response.raise_for_status()
         return response.json()
 
@@ -97,8 +108,14 @@ def _read_url(process: subprocess.Popen[str], log_path: Path) -> str:
 def tmdb_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     """One sandbox process for the whole session (2000 movies, seed 7, random credentials)."""
     token, api_key = f"tok-{secrets.token_hex(16)}", f"key-{secrets.token_hex(16)}"
+    control = f"ctl-{secrets.token_hex(16)}"
     log_path = tmp_path_factory.mktemp("sandbox") / "sandbox.log"
-    env = {**os.environ, "SANDBOX_TOKEN": token, "SANDBOX_API_KEY": api_key}
+    env = {
+        **os.environ,
+        "SANDBOX_TOKEN": token,
+        "SANDBOX_API_KEY": api_key,
+        "SANDBOX_CONTROL_TOKEN": control,
+    }
     with log_path.open("w") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "tmdb_sandbox", "--port", "0", "--movies", str(SANDBOX_MOVIES)],
@@ -110,7 +127,7 @@ def tmdb_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         )
     try:
         base_url = _read_url(process, log_path)
-        yield Sandbox(base_url, token, api_key, process, log_path)
+        yield Sandbox(base_url, token, api_key, control, process, log_path)
     finally:
         process.terminate()
         try:

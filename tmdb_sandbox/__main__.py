@@ -1,13 +1,20 @@
 """`python -m tmdb_sandbox`: serve the TMDB sandbox until SIGTERM / Ctrl-C.
 
-Prints exactly one line on stdout once it accepts connections, so scripts can read the URL::
+Prints one line on stdout once it accepts connections, so scripts can read the URL::
 
     TMDB sandbox listening on http://127.0.0.1:PORT/3
+
+The control API (``/__sandbox/faults``, ``/reset``, ``/stats``) takes a token of its own,
+``--control-token`` / ``SANDBOX_CONTROL_TOKEN``; without one a random token is generated and
+written to ``--control-token-file`` (created 0600) or, without that either, printed on a
+second stdout line ``control token: ...``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import signal
 import sys
 import threading
@@ -45,6 +52,18 @@ def serve(
     api_key: Annotated[
         str, typer.Option(envvar="SANDBOX_API_KEY", help="Accepted `api_key` query parameter.")
     ] = DEFAULT_API_KEY,
+    control_token: Annotated[
+        str,
+        typer.Option(
+            envvar="SANDBOX_CONTROL_TOKEN",
+            help="Bearer token of the /__sandbox control API (default: a random one).",
+            show_default=False,
+        ),
+    ] = "",
+    control_token_file: Annotated[
+        Path | None,
+        typer.Option(dir_okay=False, help="Write the control token here (mode 0600)."),
+    ] = None,
     fault: Annotated[
         list[str] | None,
         typer.Option(
@@ -88,7 +107,20 @@ def serve(
         typer.echo(f"error: invalid faults: {err}", err=True)
         raise typer.Exit(code=2) from err
 
-    server = make_server(host, port, generate(movies, seed), Credentials(token, api_key), faults)
+    control = control_token or secrets.token_urlsafe(24)
+    if control in (token, api_key):
+        typer.echo("error: the control token must differ from the TMDB token and api key", err=True)
+        raise typer.Exit(code=2)
+    if control_token_file is not None:
+        _write_private(control_token_file, control)
+    server = make_server(
+        host,
+        port,
+        generate(movies, seed),
+        Credentials(token, api_key),
+        faults,
+        control_token=control,
+    )
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %d: shutting down", signum)
@@ -98,11 +130,22 @@ def serve(
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     typer.echo(f"TMDB sandbox listening on {server.base_url}")
+    if not control_token and control_token_file is None:
+        typer.echo(f"control token: {control}")
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
         server.server_close()
     log.info("stopped")
+
+
+def _write_private(path: Path, secret: str) -> None:
+    """Write ``secret`` to ``path``, readable by this user only (replacing an older file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)  # a file someone else made, or 0644, is not reused
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
 
 
 if __name__ == "__main__":

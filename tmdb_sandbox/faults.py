@@ -36,6 +36,11 @@ class MalformedVariant(str, Enum):
     NEGATIVE_VOTE_COUNT = "negative_vote_count"
     BAD_DATE = "bad_date"  # release_date "2023-13-45"
     GENRE_IDS = "genre_ids"  # genre_ids "28,12" instead of a list
+    # hostile records: what a page showing them must never get
+    POSTER_URL = "poster_url"  # poster_path a full URL on another host
+    POSTER_MARKUP = "poster_markup"  # poster_path breaking out of an attribute
+    LONG_TITLE = "long_title"  # a 10,000-character title
+    LONG_OVERVIEW = "long_overview"  # a 100,000-character overview
 
 
 _ONE_SHOT = {FaultKind.STATUS, FaultKind.SLOW, FaultKind.BAD_JSON, FaultKind.DROP}

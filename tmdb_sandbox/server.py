@@ -5,12 +5,17 @@ Routes (TMDB API v3 shape):
 - ``GET /3/movie/popular?page=N&language=..&region=..`` — 20 results a page, pages 1..500
 - ``GET /3/genre/movie/list?language=..`` — ``{"genres": [{"id", "name"}]}``
 
-Control (no credential; the sandbox binds loopback by default):
+Control (``Authorization: Bearer <control token>``, a token of its own: whoever holds the TMDB
+credential the crawler uses must not be able to change what the sandbox answers; health is open
+for probes):
 
-- ``GET /__sandbox/health`` — ``{"status": "ok"}``
+- ``GET /__sandbox/health`` — ``{"status": "ok"}`` (no token)
 - ``GET /__sandbox/stats`` — request counts per endpoint, page and status
-- ``GET|PUT /__sandbox/faults`` — read or replace the fault configuration (JSON `Faults`)
+- ``GET|PUT /__sandbox/faults`` — read or replace the fault configuration (JSON `Faults`, at
+  most 64 KiB)
 - ``POST /__sandbox/reset`` — zero the stats and restore the faults given at start
+
+Without the control token these answer 401 and change nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ log = logging.getLogger(__name__)
 
 API_PREFIX = "/3"
 CONTROL_PREFIX = "/__sandbox"
+MAX_CONTROL_BODY = 64 * 1024
 IMAGE_PREFIX = "/t/p/"  # TMDB serves images from image.tmdb.org/t/p/<size><poster_path>
 
 # TMDB's own error bodies (https://developer.themoviedb.org/docs/errors).
@@ -58,11 +64,16 @@ class Credentials:
     api_key: str
 
     def accepts(self, authorization: str | None, api_key: str | None) -> bool:
-        if authorization and authorization.startswith("Bearer "):
-            given = authorization.removeprefix("Bearer ").strip()
-            if hmac.compare_digest(given.encode(), self.token.encode()):
-                return True
+        if _bearer_matches(authorization, self.token):
+            return True
         return api_key is not None and hmac.compare_digest(api_key.encode(), self.api_key.encode())
+
+
+def _bearer_matches(authorization: str | None, token: str) -> bool:
+    if not authorization or not authorization.startswith("Bearer "):
+        return False
+    given = authorization.removeprefix("Bearer ").strip()
+    return hmac.compare_digest(given.encode(), token.encode())
 
 
 class SandboxServer(ThreadingHTTPServer):
@@ -77,10 +88,15 @@ class SandboxServer(ThreadingHTTPServer):
         catalog: Catalog,
         credentials: Credentials,
         faults: Faults | None = None,
+        *,
+        control_token: str,
     ) -> None:
+        if not control_token:
+            raise ValueError("the control token must not be empty")
         super().__init__(address, SandboxHandler)
         self.catalog = catalog
         self.credentials = credentials
+        self.control_token = control_token
         self.initial_faults = faults or Faults()
         self.fault_state = FaultState(self.initial_faults)
         self.stats = Stats()
@@ -108,6 +124,14 @@ def _corrupt(record: dict[str, Any], variant: MalformedVariant) -> None:
         record["release_date"] = "2023-13-45"
     elif variant is MalformedVariant.GENRE_IDS:
         record["genre_ids"] = ",".join(str(g) for g in record["genre_ids"])
+    elif variant is MalformedVariant.POSTER_URL:
+        record["poster_path"] = "https://attacker.example/track.jpg"
+    elif variant is MalformedVariant.POSTER_MARKUP:
+        record["poster_path"] = '/x.jpg" onerror="alert(document.cookie)'
+    elif variant is MalformedVariant.LONG_TITLE:
+        record["title"] = "A" * 10_000
+    elif variant is MalformedVariant.LONG_OVERVIEW:
+        record["overview"] = "O" * 100_000
 
 
 class SandboxHandler(BaseHTTPRequestHandler):
@@ -148,8 +172,12 @@ class SandboxHandler(BaseHTTPRequestHandler):
         body = {"success": False, "status_code": code, "status_message": message}
         self._send_json(status, body, headers)
 
-    def _read_body(self) -> bytes:
+    def _read_body(self) -> bytes | None:
+        """The body, or None (and the connection closed) when it is over `MAX_CONTROL_BODY`."""
         length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_CONTROL_BODY:
+            self.close_connection = True  # never read: the connection cannot be reused
+            return None
         return self.rfile.read(length) if length else b""
 
     # -- verbs -----------------------------------------------------------------------------
@@ -266,13 +294,32 @@ class SandboxHandler(BaseHTTPRequestHandler):
         server = self.server
         if method == "GET" and name == "/health":
             self._send_json(200, {"status": "ok"})
+            return
+        if not path.startswith(CONTROL_PREFIX):
+            self._send_error(404)
+            self.close_connection = True  # its body, if any, was not read
+            return
+        if not _bearer_matches(self.headers.get("Authorization"), server.control_token):
+            self.close_connection = True  # its body, if any, was not read
+            self._send_json(
+                401,
+                {
+                    "success": False,
+                    "status_message": "the control API needs Authorization: Bearer <control "
+                    "token> (--control-token / SANDBOX_CONTROL_TOKEN)",
+                },
+            )
+            return
+        body = self._read_body() if method != "GET" else b""
+        if body is None:
+            self._send_json(413, {"success": False, "status_message": "body over 64 KiB"})
         elif method == "GET" and name == "/stats":
             self._send_json(200, server.stats.snapshot())
         elif method == "GET" and name == "/faults":
             self._send_json(200, server.fault_state.faults.model_dump(mode="json"))
         elif method == "PUT" and name == "/faults":
             try:
-                faults = Faults.model_validate_json(self._read_body() or b"{}")
+                faults = Faults.model_validate_json(body or b"{}")
             except ValidationError as err:
                 self._send_json(400, {"success": False, "status_message": str(err)})
                 return
@@ -280,13 +327,10 @@ class SandboxHandler(BaseHTTPRequestHandler):
             log.info("faults set: %s", faults.model_dump_json())
             self._send_json(200, faults.model_dump(mode="json"))
         elif method == "POST" and name == "/reset":
-            self._read_body()
             server.stats.reset()
             server.fault_state.set(server.initial_faults)
             self._send_json(200, {"status": "reset"})
         else:
-            if method != "GET":
-                self._read_body()
             self._send_error(404)
 
 
@@ -296,9 +340,11 @@ def make_server(
     catalog: Catalog,
     credentials: Credentials,
     faults: Faults | None = None,
+    *,
+    control_token: str,
 ) -> SandboxServer:
     """Bind (port 0 picks a free one) without serving yet; call ``serve_forever()`` next."""
-    server = SandboxServer((host, port), catalog, credentials, faults)
+    server = SandboxServer((host, port), catalog, credentials, faults, control_token=control_token)
     log.info(
         "catalog: %d movies, %d pages (seed %d)",
         catalog.total_results,

@@ -7,7 +7,9 @@
  * BASE_URL is where the page and `/v1/models/...:predict` are served on one origin (the local
  * ingress). Without it the test starts e2e/stub-server.mjs over ./dist (run `npm run build`
  * first). Assertions are structural — n cards == k, a non-empty version badge, which notice is
- * shown, what the address says — so they hold for the real model server's data too.
+ * shown, what the address says — so they hold for the real model server's data too. Every view
+ * must load under the page's Content-Security-Policy (the ingress and the stub both send one)
+ * without a single violation in the console.
  *
  * Environment:
  *   BASE_URL             page origin (default: start the stub)
@@ -57,6 +59,14 @@ let stub = null;
 let context = null;
 let userDataDir = null;
 const pageErrors = [];
+const cspViolations = [];
+const CSP_MESSAGE = /Content[- ]Security[- ]Policy|Refused to (load|apply|execute|connect|frame)/i;
+
+/** No script error and no CSP violation so far, on any page the test opened. */
+function assertClean() {
+  assert.deepEqual(pageErrors, []);
+  assert.deepEqual(cspViolations, [], 'the page broke its own Content-Security-Policy');
+}
 
 function withSuffix(path, suffix) {
   const ext = extname(path);
@@ -77,7 +87,15 @@ async function openPage(path = '/') {
   const page = await context.newPage();
   page.setDefaultTimeout(TIMEOUT_MS);
   page.on('pageerror', (err) => pageErrors.push(err));
-  await page.goto(new URL(path, baseUrl).href, { waitUntil: 'domcontentloaded' });
+  page.on('console', (msg) => {
+    if (CSP_MESSAGE.test(msg.text())) cspViolations.push(msg.text());
+  });
+  const response = await page.goto(new URL(path, baseUrl).href, { waitUntil: 'domcontentloaded' });
+  // The check above means something only if the page is under a policy at all.
+  const policy = response.headers()['content-security-policy'] ?? '';
+  assert.match(policy, /default-src 'none'/, `the page is served with a CSP: ${JSON.stringify(policy)}`);
+  assert.match(policy, /frame-ancestors 'none'/);
+  assert.equal(response.headers()['x-content-type-options'], 'nosniff');
   await page.getByRole('heading', { name: 'Movie recommendations' }).waitFor();
   return page;
 }
@@ -180,7 +198,7 @@ describe('movie recommendations page', () => {
     assert.equal(await page.getByTestId('link-problem').count(), 0);
     assert.equal(address(page), '/');
     if (SCREENSHOT) await screenshot(page, withSuffix(SCREENSHOT, '-popular'));
-    assert.deepEqual(pageErrors, []);
+    assertClean();
   });
 
   it('/?user= opens that user\'s recommendations directly', async () => {
@@ -195,7 +213,7 @@ describe('movie recommendations page', () => {
       assert.equal(await page.getByTestId('fallback-notice').count(), 0, `user ${USER_ID} should be known to the model`);
     }
     await screenshot(page, SCREENSHOT);
-    assert.deepEqual(pageErrors, []);
+    assertClean();
   });
 
   it('/?history= opens an anonymous history, leaving its movies out', async () => {
@@ -217,7 +235,7 @@ describe('movie recommendations page', () => {
     assert.deepEqual(shown.filter((id) => history.includes(id)), [], 'the history is not recommended back');
     assert.equal(await page.getByTestId('fallback-notice').count(), 0, 'a known history is personalised');
     if (SCREENSHOT) await screenshot(page, withSuffix(SCREENSHOT, '-history'));
-    assert.deepEqual(pageErrors, []);
+    assertClean();
   });
 
   it('the back and forward buttons restore the earlier views', async () => {
@@ -258,7 +276,7 @@ describe('movie recommendations page', () => {
     await page.goForward();
     await waitForHeading(page, forUser);
     assert.equal(await page.getByLabel('User id').inputValue(), USER_ID);
-    assert.deepEqual(pageErrors, []);
+    assertClean();
   });
 
   it('a link it cannot read says so and shows the popular movies', async () => {
@@ -271,7 +289,7 @@ describe('movie recommendations page', () => {
     await page.goto(new URL('/?history=1,x', baseUrl).href);
     await page.getByTestId('link-problem').filter({ hasText: '“1,x”' }).waitFor();
     await assertPopular(page);
-    assert.deepEqual(pageErrors, []);
+    assertClean();
   });
 
   it('shows the fallback notice for an unknown user', async () => {
@@ -284,7 +302,7 @@ describe('movie recommendations page', () => {
     await assertCards(cards);
     await assertVersionBadge(page);
     if (SCREENSHOT) await screenshot(page, withSuffix(SCREENSHOT, '-fallback'));
-    assert.deepEqual(pageErrors, []);
+    assertClean();
   });
 
   it('"More like this" starts an anonymous history and refreshes the grid', async () => {
@@ -305,6 +323,6 @@ describe('movie recommendations page', () => {
     await page.getByRole('button', { name: 'Clear history' }).click();
     await assertPopular(page);
     assert.equal(address(page), '/?history=');
-    assert.deepEqual(pageErrors, []);
+    assertClean();
   });
 });

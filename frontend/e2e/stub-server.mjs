@@ -44,6 +44,24 @@ function movie(id) {
   };
 }
 
+// What the ingress and the cluster's nginx send with every response (localstack/ingress.py
+// `security_headers`); the stub serves its posters itself, so images come from 'self' only.
+const SECURITY_HEADERS = {
+  'Content-Security-Policy': [
+    "default-src 'none'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self'",
+    "connect-src 'self'",
+    "base-uri 'none'",
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+  ].join('; '),
+  'X-Content-Type-Options': 'nosniff',
+  'X-Frame-Options': 'DENY',
+  'Referrer-Policy': 'no-referrer',
+};
+
 function sendJson(res, status, body, headers = {}) {
   res.writeHead(status, { 'Content-Type': 'application/json', ...headers });
   res.end(JSON.stringify(body));
@@ -140,6 +158,7 @@ export async function startStubServer({
   const root = resolve(distDir);
   const server = createServer(async (req, res) => {
     const url = new URL(req.url, 'http://stub');
+    for (const [name, value] of Object.entries(SECURITY_HEADERS)) res.setHeader(name, value);
     try {
       if (url.pathname === '/config.json') {
         return sendJson(res, 200, { posterBaseUrl: '/posters', modelName: STUB_MODEL_NAME });

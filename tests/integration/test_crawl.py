@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -102,6 +103,40 @@ def test_crawl_completes_through_faults_and_quarantines_bad_record(sandbox, tmp_
     assert sandbox.base_url not in proc.stdout
     assert manifest["snapshot_id"] in proc.stdout
     assert not (tmp_path / "raw" / ".partial").exists()
+
+
+def test_hostile_records_are_quarantined_and_never_reach_the_snapshot(sandbox, tmp_path):
+    hostile = {"poster_url": 0, "poster_markup": 3, "long_title": 7, "long_overview": 11}
+    sandbox.set_faults(
+        {
+            "scripted": [
+                {"page": 2, "kind": "malformed", "variant": variant, "index": index}
+                for variant, index in hostile.items()
+            ]
+        }
+    )
+
+    proc = run_crawl(sandbox, tmp_path, "--end-page", "3", *FAST)
+
+    assert proc.returncode == 0, proc.stderr
+    snapshot = SnapshotStore(tmp_path / "raw").resolve()
+    quarantined = {
+        entry["index"]: entry["reason"]
+        for entry in map(json.loads, (snapshot / "quarantine.jsonl").open())
+    }
+    assert set(quarantined) == set(hostile.values())
+    assert quarantined[0].startswith("poster_path: Value error, poster_path must be a TMDB")
+    assert quarantined[3].startswith("poster_path")
+    assert quarantined[7].startswith("title: String should have at most 300 characters")
+    assert quarantined[11].startswith("overview: String should have at most 5000 characters")
+    movies = pq.read_table(snapshot / "movies.parquet").to_pylist()
+    assert len(movies) == 60 - len(hostile)
+    posters = [m["poster_path"] for m in movies if m["poster_path"] is not None]
+    assert posters and all(
+        re.fullmatch(r"/[A-Za-z0-9_-]+\.(jpg|jpeg|png|svg|webp)", p) for p in posters
+    )
+    assert max(len(m["title"]) for m in movies) <= 300
+    assert max(len(m["overview"] or "") for m in movies) <= 5000
 
 
 def test_records_repeated_across_pages_are_merged_first_occurrence_wins(sandbox, tmp_path):

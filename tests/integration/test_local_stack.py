@@ -8,14 +8,19 @@ The tests share one stack (the module-scoped ``stack`` fixture of ``tests/confte
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import re
+import select
 import shutil
+import socket
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -23,6 +28,7 @@ import requests
 
 from localstack.processes import free_port, spawn, stop_group, wait_healthy
 from tests.support.stack import (
+    V2_BODY,
     Session,
     registered_version,
     serve_only,
@@ -240,12 +246,21 @@ def test_canary_splits_traffic_by_percent_and_tags_pin_revisions(
         t["modelVersion"]: t["percent"] for t in status["components"]["predictor"]["traffic"]
     }
     assert traffic == {first: 70, second: 30}
+    v2 = f"{stack.settings.ingress_url}/v2/models/{MODEL}/infer"
     for host, expected in (
         ("latest-movie-recommender.local", second),
         ("prev-movie-recommender.local", first),
     ):
         response = stack.predict([{"user_id": 1}], headers={"Host": host})
         assert response.headers["X-Model-Version"] == expected, host
+        response = requests.post(v2, json=V2_BODY, headers={"Host": host}, timeout=10)
+        assert response.headers["X-Model-Version"] == expected, host
+    # the tags are cluster-local: a public Host that starts like one gets the split
+    public: Counter[str] = Counter()
+    for _ in range(60):
+        headers = {"Host": "latest-movie-recommender.example.com"}
+        public[stack.predict([{"user_id": 1}], headers=headers).headers["X-Model-Version"]] += 1
+    assert set(public) == {first, second}, public  # 0.7^60: never all on one side by chance
 
 
 def test_promote_gives_the_canary_everything_and_moves_champion(
@@ -357,6 +372,128 @@ def test_training_on_a_missing_or_unusable_snapshot_registers_nothing(
     assert unknown.returncode == 2
     assert "unknown model 'nope'" in unknown.stderr
     assert len(client.search_model_versions(f"name='{MODEL}'")) == before
+
+
+def _raw(stack: Session, method: str, path: str, headers: dict[str, str] | None = None) -> Any:
+    """A request with ``path`` sent exactly as written (no client normalises it)."""
+    connection = http.client.HTTPConnection("127.0.0.1", stack.settings.ingress_port, timeout=10)
+    try:
+        connection.request(method, path, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+_LEAVING = [
+    ("GET", f"/v1/models/{MODEL}/%2e%2e/%2e%2e/%2e%2e/metrics"),
+    ("GET", f"/v1/models/{MODEL}/%2E%2E/%2E%2E/%2E%2E/v2/health/live"),
+    ("POST", f"/v1/models/{MODEL}/%2e%2e/%2e%2e/%2e%2e/v2/repository/models/{MODEL}/unload"),
+    ("GET", f"/v1/models/{MODEL}:predict/../../../metrics"),
+    ("GET", f"/v1/models/{MODEL}%2f..%2f..%2f..%2fmetrics"),
+    ("GET", f"/v1/models//{MODEL}"),
+    ("GET", "/metrics"),
+    ("GET", "/v2/health/live"),
+    ("GET", "/v1/models"),
+    ("POST", f"/v1/models/{MODEL}:explain"),
+    ("POST", f"/v2/repository/models/{MODEL}/unload"),
+    ("DELETE", f"/v1/models/{MODEL}"),
+]
+
+
+def test_paths_off_the_inference_routes_reach_no_revision(
+    stack: Session, versions: dict[str, str]
+) -> None:
+    serve_only(stack, versions["first"])
+    for method, path in _LEAVING:
+        status, headers, body = _raw(stack, method, path)
+        assert status == 404, (method, path, body[:200])
+        assert "X-Revision" not in headers, (method, path)  # no revision saw it
+        assert b"# HELP" not in body
+    # and the routes themselves, V2 included, reach a revision
+    for method, path, body in (
+        ("POST", f"/v1/models/{MODEL}:predict", {"instances": [{"user_id": 1}]}),
+        ("GET", f"/v1/models/{MODEL}", None),
+        ("POST", f"/v2/models/{MODEL}/infer", V2_BODY),
+        ("GET", f"/v2/models/{MODEL}", None),
+        ("GET", f"/v2/models/{MODEL}/ready", None),
+    ):
+        url = f"{stack.settings.ingress_url}{path}"
+        response = requests.request(method, url, json=body, timeout=10)
+        assert response.status_code == 200, (path, response.text)
+        assert response.headers["X-Revision"].startswith(f"{MODEL}-predictor-"), path
+    v2 = f"{stack.settings.ingress_url}/v2/models"
+    infer = requests.post(f"{v2}/{MODEL}/infer", json=V2_BODY, timeout=10)
+    assert infer.headers["X-Model-Version"] == versions["first"] == infer.json()["model_version"]
+    other = requests.post(f"{v2}/other/infer", json=V2_BODY, timeout=10)
+    assert other.status_code == 404
+
+
+def test_the_status_route_answers_only_loopback_names(stack: Session) -> None:
+    status, _, body = _raw(stack, "GET", "/__local/status")
+    assert status == 200 and "status" in json.loads(body)
+    for host in ("movie.example.com", "attacker.example"):  # e.g. a page rebinding its name
+        status, _, _ = _raw(stack, "GET", "/__local/status", {"Host": host})
+        assert status == 404, host
+
+
+def test_a_body_over_the_limit_is_refused_by_the_ingress(
+    stack: Session, versions: dict[str, str]
+) -> None:
+    serve_only(stack, versions["first"])
+    port = stack.settings.ingress_port
+    head = (
+        f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: application/json\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        sock.sendall(head + b"Content-Length: 50000000\r\n\r\n")  # and no body
+        declared = sock.recv(65536)
+    assert declared.startswith(b"HTTP/1.1 413"), declared[:200]
+    assert b"MAX_REQUEST_BYTES" in declared
+    chunk, sent = b" " * (128 << 10), 0
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        sock.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n1\r\n{\r\n")
+        while sent < 4 << 20 and not select.select([sock], [], [], 0.05)[0]:
+            sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            sent += len(chunk)
+        if sent >= 4 << 20:
+            sock.sendall(b"0\r\n\r\n")
+        streamed = sock.recv(65536)
+    assert streamed.startswith(b"HTTP/1.1 413"), streamed[:200]
+    assert sent < 4 << 20  # refused as it passed the limit, not once all was read
+    assert stack.predict([{"user_id": 1}]).status_code == 200
+
+
+def test_every_ingress_response_carries_the_page_security_headers(
+    stack: Session, versions: dict[str, str]
+) -> None:
+    serve_only(stack, versions["first"])
+    base = stack.settings.ingress_url
+    index = requests.get(f"{base}/", timeout=5)
+    script = re.search(r'src="(/assets/[^"]+\.js)"', index.text)
+    assert script, index.text
+    responses = {
+        "page": index,
+        "script": requests.get(f"{base}{script[1]}", timeout=5),
+        "config": requests.get(f"{base}/config.json", timeout=5),
+        "predict": stack.predict([{"user_id": 1}]),
+        "not found": requests.get(f"{base}/metrics", timeout=5),
+    }
+    posters = f"http://127.0.0.1:{stack.settings.sandbox_port}/t/p/"
+    for name, response in responses.items():
+        headers = response.headers
+        policy = dict(
+            d.strip().split(" ", 1) for d in headers["Content-Security-Policy"].split(";")
+        )
+        assert policy["img-src"] == f"'self' {posters}", name
+        assert policy["default-src"] == "'none'" and policy["script-src"] == "'self'", name
+        assert policy["frame-ancestors"] == "'none'", name
+        assert headers["X-Content-Type-Options"] == "nosniff", name
+        assert headers["X-Frame-Options"] == "DENY", name
+        assert headers["Referrer-Policy"] == "no-referrer", name
+        assert headers["Server"] == "movie-mlops-ingress", name  # no versions
+    assert "javascript" in responses["script"].headers["Content-Type"]  # nosniff needs it
 
 
 def test_the_page_shows_recommendations_in_headless_chromium(

@@ -13,6 +13,7 @@ import asyncio
 import ipaddress
 import json
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -248,10 +249,11 @@ def test_mixed_batch_keeps_order_k_and_exclusion(
     user = int(reference.user_ids[8])
     seen = _seen_items(reference, user)
     everything = reference.n_items
+    history = [int(i) for i in reference.item_ids[[3, 6, 12]]]
     instances = [
         {"user_id": user, "k": 3},
         {"history": [int(reference.item_ids[2])], "k": 2},
-        {"user_id": user, "k": 100, "exclude_seen": False},
+        {"history": history, "k": 100, "exclude_seen": False},  # its own items may come back
         {"user_id": user, "k": 100},
     ]
     predictions = server.predict(instances).json()["predictions"]
@@ -262,11 +264,11 @@ def test_mixed_batch_keeps_order_k_and_exclusion(
         min(100, everything - len(seen)),
     ]
     assert predictions[0]["content_ids"] == predictions[3]["content_ids"][:3]
-    assert seen & set(predictions[2]["content_ids"])  # not excluded when asked not to
+    assert set(history) & set(predictions[2]["content_ids"])  # not excluded when asked not to
     assert not seen & set(predictions[3]["content_ids"])
     assert (
         predictions[2]["content_ids"]
-        == reference.recommend(user_id=user, k=100, exclude_seen=False).content_ids.tolist()
+        == reference.recommend(history=history, k=100, exclude_seen=False).content_ids.tolist()
     )
 
 
@@ -421,6 +423,13 @@ BAD_INPUT = [
         413,
         "1001",
     ),
+    (
+        "too many display instances",
+        json.dumps({"instances": [{"user_id": 1, "display": True}] * 51}).encode(),
+        None,
+        413,
+        "51 instances ask for display: true; at most 50",
+    ),
     ("not JSON media type", b'{"instances": [{"user_id": 1}]}', "text/plain", 415, "Content-Type"),
     (
         "latin-1 charset",
@@ -560,6 +569,9 @@ def test_kserve_v2_rest_client_answers_as_v1_and_in_process(
     from kserve import InferenceRESTClient, RESTConfig
 
     users, histories = _mixed_rows(reference)
+    if not exclude_seen:  # refused for known users (test_a_known_users_seen_items_never_...)
+        rows_kept = [i for i, user in enumerate(users) if user == -1 or user >= 10**9]
+        users, histories = [users[i] for i in rows_kept], [histories[i] for i in rows_kept]
     k = 100  # longer than most known users' unseen items: short rows are padded
 
     async def call() -> tuple[Any, dict[str, str]]:
@@ -588,8 +600,9 @@ def test_kserve_v2_rest_client_answers_as_v1_and_in_process(
     _assert_same_as_v1(rows, v1)
     if exclude_seen:  # a user who has seen more than n_items - k items gets a padded row
         assert any(len(r["content_ids"]) < k for r in rows), "no short row: padding untested"
-    assert [r["fallback"] for r in rows] == [False, False, False, True, False, False, False]
-    assert "999999001" in rows[5]["reason"]
+    assert [r["fallback"] for r in rows] == [user == 10**9 for user in users]
+    partly_unknown = next(i for i, h in enumerate(histories) if 999_999_001 in h)
+    assert "999999001" in rows[partly_unknown]["reason"]
     for (user, history), row in zip(zip(users, histories, strict=True), rows, strict=True):
         expected = reference.recommend(
             user_id=None if user == -1 else user,
@@ -854,6 +867,300 @@ def test_v2_grpc_bad_input_is_invalid_argument(
     assert good.outputs[0].as_numpy().shape == (1, 10)
 
 
+# -- a known user's history never comes back -----------------------------------------------
+
+
+def _known_users(reference: FittedRecommender) -> list[int]:
+    """Known users with the most and the fewest training items, and a few in between."""
+    counts = np.diff(reference.seen.indptr)
+    order = np.argsort(counts)
+    picks = [order[-1], order[0], order[len(order) // 2], 0, 1, 2]
+    return [int(reference.user_ids[i]) for i in picks]
+
+
+@pytest.mark.parametrize("exclude_seen", [None, True, False], ids=["absent", "true", "false"])
+def test_a_known_users_seen_items_never_come_back_whatever_the_flag(
+    server: Server, reference: FittedRecommender, exclude_seen: bool | None
+) -> None:
+    """With ``exclude_seen: false`` the top 100 minus the default top 100 was the user's history."""
+    import grpc
+    from kserve import InferenceGRPCClient, InferenceRESTClient, RESTConfig
+
+    users = _known_users(reference)
+    flag = {} if exclude_seen is None else {"exclude_seen": exclude_seen}
+    v1 = server.predict([{"user_id": u, "k": 100, **flag} for u in users])
+    request = _v2_request(users, k=100, exclude_seen=exclude_seen)
+
+    async def v2() -> list[Any]:
+        answers: list[Any] = []
+        rest = InferenceRESTClient(config=RESTConfig(protocol="v2", retries=0, timeout=10))
+        try:
+            answers.append(await rest.infer(server.base_url, request, model_name=MODEL))
+        except Exception as err:  # KServe's client raises on a 4xx
+            answers.append(err)
+        finally:
+            await rest.close()
+        async with InferenceGRPCClient(server.grpc_url, retries=0, timeout=10) as client:
+            try:
+                answers.append(await client.infer(request))
+            except grpc.RpcError as err:
+                answers.append(err)
+        return answers
+
+    rest, over_grpc = asyncio.run(v2())
+    if exclude_seen is False:
+        assert v1.status_code == 400, v1.text
+        assert "instances[0].exclude_seen false is refused" in v1.json()["error"]
+        assert "input exclude_seen" in str(rest) and "refused" in str(rest)
+        assert over_grpc.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "input exclude_seen" in over_grpc.details()
+        return
+    assert v1.status_code == 200, v1.text
+    answers = {
+        "V1": [p["content_ids"] for p in v1.json()["predictions"]],
+        "V2 REST": [r["content_ids"] for r in _rows(rest)],
+        "V2 gRPC": [r["content_ids"] for r in _rows(over_grpc)],
+    }
+    for protocol, rankings in answers.items():
+        for user, ranking in zip(users, rankings, strict=True):
+            assert ranking, (protocol, user)
+            assert not set(ranking) & _seen_items(reference, user), (protocol, user)
+
+
+def test_refusing_exclude_seen_names_the_known_user_and_leaves_anonymous_rows_alone(
+    server: Server, reference: FittedRecommender
+) -> None:
+    known, unknown = int(reference.user_ids[5]), 10**9
+    history = [int(i) for i in reference.item_ids[[2, 8]]]
+    mixed = server.predict(
+        [
+            {"history": history, "exclude_seen": False},
+            {"user_id": unknown, "history": history, "exclude_seen": False},
+            {"user_id": known, "exclude_seen": False},
+        ]
+    )
+    assert mixed.status_code == 400
+    assert mixed.json()["error"].startswith(
+        "instances[2].exclude_seen false is refused: the model knows"
+    )
+    anonymous = server.predict(
+        [
+            {"history": history, "exclude_seen": False, "k": 100},
+            {"user_id": unknown, "history": history, "exclude_seen": False, "k": 100},
+        ]
+    )
+    assert anonymous.status_code == 200, anonymous.text
+    for prediction in anonymous.json()["predictions"]:
+        assert set(history) <= set(prediction["content_ids"])  # the caller's own items
+
+
+# -- what one client may cost ----------------------------------------------------------------
+
+_PREDICT = f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: predictor\r\n".encode()
+_WAIT_S = 15.0  # far longer than any limit under test: a server without one never answers
+
+
+def _exchange(port: int, data: bytes, *, wait: float = _WAIT_S) -> bytes:
+    """Send ``data`` on a fresh connection and read until the server closes or stops talking."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        sock.sendall(data)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+                if _complete(received):
+                    break
+        except TimeoutError:
+            pass
+    return received
+
+
+def _complete(response: bytes) -> bool:
+    head, sep, body = response.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False
+
+
+def _status(response: bytes) -> int | None:
+    first = response.split(b"\r\n", 1)[0].split()
+    return int(first[1]) if len(first) >= 2 and first[0].startswith(b"HTTP/") else None
+
+
+def _json_body(response: bytes) -> Any:
+    return json.loads(response.partition(b"\r\n\r\n")[2])
+
+
+def _rejected(server: Server, reason: str) -> float:
+    return server.metric("movie_recommender_rejected_requests_total", f'reason="{reason}"')
+
+
+@pytest.mark.parametrize("path", [f"/v1/models/{MODEL}:predict", f"/v2/models/{MODEL}/infer"])
+def test_a_body_declared_over_the_limit_is_refused_without_being_read(
+    server: Server, path: str
+) -> None:
+    before = _rejected(server, "body_too_large")
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: predictor\r\nContent-Type: application/json\r\n"
+        "Content-Length: 50000000\r\n\r\n"
+    ).encode()
+    response = _exchange(server.port, head)  # not a byte of the 50 MB is sent
+    assert _status(response) == 413, response[:300]
+    message = _json_body(response)["error"]
+    assert "larger than 1048576 bytes (Content-Length is 50000000)" in message
+    assert "MAX_REQUEST_BYTES" in message
+    assert _rejected(server, "body_too_large") == before + 1
+    assert server.predict([{"user_id": 1}]).status_code == 200
+
+
+def test_a_streamed_body_is_refused_as_soon_as_it_passes_the_limit(server: Server) -> None:
+    limit, chunk = 1 << 20, b" " * (128 << 10)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=_WAIT_S) as sock:
+        sock.sendall(_PREDICT + b"Content-Type: application/json\r\n")
+        sock.sendall(b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n{\r\n" % 1)
+        sent = 1
+        while sent < 4 * limit:  # 4 MiB unless the server answers first
+            readable, _, _ = select.select([sock], [], [], 0.05)
+            if readable:
+                break
+            sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            sent += len(chunk)
+        else:  # the server read it all: end the body and see what it says
+            sock.sendall(b"0\r\n\r\n")
+        response = b""
+        while not _complete(response) and (data := sock.recv(65536)):
+            response += data
+    assert _status(response) == 413, response[:300]
+    assert "counted as it streamed" in _json_body(response)["error"]
+    assert limit < sent <= limit + 4 * len(chunk)  # refused once past the limit, not at the end
+    assert server.predict([{"user_id": 1}]).status_code == 200
+
+
+def test_a_body_of_the_limit_is_served_and_one_byte_more_is_not(server: Server) -> None:
+    request = json.dumps({"instances": [{"user_id": 1, "k": 2}]}).encode()
+    at_limit = request + b" " * ((1 << 20) - len(request))
+    headers = {"Content-Type": "application/json"}
+    served = requests.post(server.predict_url, data=at_limit, headers=headers, timeout=10)
+    assert served.status_code == 200, served.text
+    over = requests.post(server.predict_url, data=at_limit + b" ", headers=headers, timeout=10)
+    assert over.status_code == 413
+    assert over.headers["X-Model-Version"] == VERSION
+
+
+def test_headers_over_64_kib_are_refused(server: Server) -> None:
+    before = _rejected(server, "headers_too_large")
+    big = b"X-Padding: " + b"a" * (70 << 10) + b"\r\n"
+    response = _exchange(
+        server.port, f"GET /v1/models/{MODEL} HTTP/1.1\r\n".encode() + big + b"\r\n"
+    )
+    assert _status(response) == 431, response[:300]
+    assert "over 65536 bytes" in _json_body(response)["error"]
+    assert _rejected(server, "headers_too_large") == before + 1
+    small = b"X-Padding: " + b"a" * (8 << 10) + b"\r\n"
+    fine = _exchange(server.port, f"GET /v1/models/{MODEL} HTTP/1.1\r\n".encode() + small + b"\r\n")
+    assert _status(fine) == 200
+
+
+def test_a_grpc_message_over_the_limit_is_refused(
+    server: Server, reference: FittedRecommender
+) -> None:
+    import grpc
+    from kserve import InferenceGRPCClient
+
+    items = [int(i) for i in reference.item_ids]
+    histories = [(items * 10)[:1000]] * 200  # 200 x 1000 INT64: 1.6 MB, over 1 MiB
+    request = _v2_request([-1] * 200, histories)
+
+    async def call() -> tuple[Any, Any]:
+        async with InferenceGRPCClient(server.grpc_url, retries=0, timeout=10) as client:
+            with pytest.raises(grpc.RpcError) as raised:
+                await client.infer(request)
+            return raised.value, await client.infer(_v2_request([1]))
+
+    error, good = asyncio.run(call())
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+    assert good.outputs[0].as_numpy().shape == (1, 10)
+
+
+@pytest.fixture(scope="module")
+def limited(artefact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server with small limits: 4 KiB bodies (from the environment), 1 s to send a request,
+    4 connections."""
+    env = {**os.environ, "MAX_REQUEST_BYTES": "4096"}
+    log_path = tmp_path_factory.mktemp("limited") / "server.log"
+    extra = ("--request_read_timeout", "1", "--limit_concurrency", "4")
+    srv = _start(artefact, log_path, *extra, env=env)
+    _wait_ready(srv)
+    yield srv
+    _stop(srv)
+
+
+def test_max_request_bytes_comes_from_the_environment(limited: Server) -> None:
+    request = json.dumps({"instances": [{"user_id": 1}]}).encode()
+    headers = {"Content-Type": "application/json"}
+    fits = request + b" " * (4096 - len(request))
+    assert requests.post(limited.predict_url, data=fits, headers=headers, timeout=10).ok
+    over = requests.post(limited.predict_url, data=fits + b" ", headers=headers, timeout=10)
+    assert over.status_code == 413
+    assert "larger than 4096 bytes" in over.json()["error"]
+
+
+def test_a_client_sending_its_headers_slowly_is_cut_off(limited: Server) -> None:
+    before = _rejected(limited, "request_timeout")
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=_WAIT_S) as sock:
+        sock.sendall(_PREDICT)
+        response = b""
+        try:
+            for _ in range(int(_WAIT_S / 0.1)):  # one header byte every 100 ms
+                sock.sendall(b"X")
+                if select.select([sock], [], [], 0.1)[0]:
+                    response = sock.recv(65536)
+                    break
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    assert _status(response) == 408, response
+    assert "did not finish sending its request within 1 s" in _json_body(response)["error"]
+    assert _rejected(limited, "request_timeout") == before + 1
+    assert limited.predict([{"user_id": 1}]).status_code == 200
+
+
+@pytest.mark.parametrize("sent", [b"", b"Content-Length: 100\r\n\r\n{"], ids=["idle", "slow body"])
+def test_a_connection_that_does_not_finish_its_request_is_closed(
+    limited: Server, sent: bytes
+) -> None:
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=_WAIT_S) as sock:
+        sock.sendall((_PREDICT + sent) if sent else b"")
+        try:
+            closed = sock.recv(65536) == b""  # EOF: the server closed it
+        except ConnectionResetError:
+            closed = True
+    assert closed
+    assert limited.predict([{"user_id": 1}]).status_code == 200
+
+
+def test_past_the_concurrency_limit_a_request_gets_503_until_slots_free_up(
+    limited: Server,
+) -> None:
+    held = [socket.create_connection(("127.0.0.1", limited.port)) for _ in range(4)]
+    try:
+        for sock in held:
+            sock.sendall(b"GET / HTTP/1.1\r\n")  # a request that never ends (until cut off)
+        time.sleep(0.2)
+        refused = limited.predict([{"user_id": 1}])
+        assert refused.status_code == 503, refused.text
+        deadline = time.monotonic() + _WAIT_S
+        while limited.predict([{"user_id": 1}]).status_code != 200:
+            assert time.monotonic() < deadline, "slots never freed"
+            time.sleep(0.2)
+    finally:
+        for sock in held:
+            sock.close()
+
+
 # -- the data plane serves inference, health and metadata only ------------------------------
 
 
@@ -963,6 +1270,23 @@ def test_corrupt_artefact_is_refused_and_never_ready(artefact: Path, tmp_path: P
     assert srv.process.returncode not in (0, None)
     log = srv.log_path.read_text()
     assert "arrays.npz does not match its checksum" in log
+
+
+def test_a_model_cache_others_may_write_to_is_refused_before_anything_is_fetched(
+    tmp_path: Path,
+) -> None:
+    cache = tmp_path / "shared-cache"
+    cache.mkdir()
+    cache.chmod(0o777)  # the old default, /tmp/movie-mlops-models, was shared by every user
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_free_port()}"}  # nobody
+    proc = subprocess.run(
+        [sys.executable, "-m", "model_server", "--model_name", MODEL,
+         "--model_uri", f"models:/{MODEL}/1", "--model_cache_dir", str(cache)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert f"the model cache {cache} is writable by group or others" in proc.stderr
+    assert "cannot resolve" not in proc.stderr  # refused before MLflow was asked
 
 
 def test_every_series_the_grafana_dashboard_queries_is_exported(server: Server) -> None:

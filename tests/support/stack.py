@@ -153,11 +153,22 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 60.0) -> flo
     raise AssertionError(f"not {what} after {timeout:.0f} s")
 
 
-class Load:
-    """Requests in a loop on a thread, counting answers by status, until stopped."""
+V2_BODY = {"inputs": [{"name": "user_id", "shape": [1], "datatype": "INT64", "data": [1]}]}
 
-    def __init__(self, stack: Session) -> None:
-        self.url, self.codes = stack.predict_url, Counter[int]()
+
+class Load:
+    """Requests in a loop on a thread, counting answers by status, until stopped.
+
+    ``protocol`` ``"v1"`` posts a V1 predict, ``"v2"`` a V2 infer, through the ingress.
+    """
+
+    def __init__(self, stack: Session, protocol: str = "v1") -> None:
+        if protocol == "v1":
+            self.url, self.body = stack.predict_url, {"instances": [{"user_id": 1}]}
+        else:
+            self.url = f"{stack.settings.ingress_url}/v2/models/{MODEL}/infer"
+            self.body = V2_BODY
+        self.codes = Counter[int]()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -165,9 +176,7 @@ class Load:
         with requests.Session() as session:
             while not self._stop.is_set():
                 try:
-                    code = session.post(
-                        self.url, json={"instances": [{"user_id": 1}]}, timeout=10
-                    ).status_code
+                    code = session.post(self.url, json=self.body, timeout=10).status_code
                 except requests.RequestException:
                     code = 0
                 self.codes[code] += 1

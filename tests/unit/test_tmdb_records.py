@@ -51,6 +51,9 @@ def test_valid_record_is_parsed_with_its_types():
         {"popularity": 0},
         {"genre_ids": []},
         {"extra_field_from_a_newer_api": "ignored"},
+        {"poster_path": "/kqjL17yufvn9OVLyXYpvtyrFfak.jpg"},
+        {"poster_path": "/a_b-C9.webp"},
+        {"title": "T" * 300, "overview": "O" * 5000},
     ],
 )
 def test_edge_values_that_tmdb_really_sends_are_valid(changes):
@@ -90,6 +93,17 @@ def test_empty_release_date_becomes_null():
         ({"genre_ids": "28,12"}, "genre_ids"),
         ({"genre_ids": [28, "12"]}, "genre_ids"),
         ({"poster_path": 7}, "poster_path"),
+        ({"poster_path": "https://attacker.example/p.jpg"}, "poster_path"),
+        ({"poster_path": "//attacker.example/p.jpg"}, "poster_path"),
+        ({"poster_path": "/../../admin.jpg"}, "poster_path"),
+        ({"poster_path": "/p.jpg?x=1"}, "poster_path"),
+        ({"poster_path": '/p.jpg" onerror="alert(1)'}, "poster_path"),
+        ({"poster_path": "javascript:alert(1)"}, "poster_path"),
+        ({"poster_path": "/p.html"}, "poster_path"),
+        ({"poster_path": ""}, "poster_path"),
+        ({"title": "T" * 301}, "title"),
+        ({"original_title": "T" * 301}, "original_title"),
+        ({"overview": "O" * 5001}, "overview"),
     ],
 )
 def test_invalid_record_gives_a_reason_naming_the_field(changes, field):

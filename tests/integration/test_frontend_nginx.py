@@ -1,0 +1,210 @@
+"""The cluster's page server for real: docker/frontend/default.conf.template in a real nginx.
+
+The template is rendered as the image's entrypoint does (envsubst of the four variables it
+names), with its port and web root pointed at a free port and ``frontend/dist``, and proxies to
+a real predictor process. Checked: the page's security headers on every response (the same
+policy as the local ingress sends), no version in ``Server``, the inference routes reach the
+predictor and nothing else of it does, and a body over 1 MiB is refused. Skipped where nginx is
+not installed (``make tools`` installs it as root).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from localstack.ingress import security_headers
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO_ROOT / "docker" / "frontend" / "default.conf.template"
+DIST = REPO_ROOT / "frontend" / "dist"
+MODEL = "movie-recommender"
+POSTERS = "https://image.tmdb.org/t/p"
+V2_BODY = {"inputs": [{"name": "user_id", "shape": [1], "datatype": "INT64", "data": [1]}]}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"{url} did not come up; log:\n{log.read_text()}")
+
+
+def _render(variables: dict[str, str]) -> str:
+    """What nginx's entrypoint does: envsubst of the defined variables, nothing else."""
+    names = " ".join(f"${{{name}}}" for name in variables)
+    return subprocess.run(
+        ["envsubst", names],
+        input=TEMPLATE.read_text(),
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **variables},
+    ).stdout
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    from recommenders import EASE, save
+    from recommenders.synthetic import synthetic_interactions
+
+    root = tmp_path_factory.mktemp("predictor")
+    interactions, catalog = synthetic_interactions(
+        n_users=50, n_items=40, n_interactions=800, seed=5
+    )
+    save(EASE().fit(interactions, catalog, trained_on={"model_version": "4"}), root / "model")
+    port, log = _free_port(), root / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "model_server", "--model_name", MODEL,
+             "--model_dir", str(root / "model"), "--http_port", str(port)],
+            cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        _wait(f"http://127.0.0.1:{port}/v1/models/{MODEL}", process, log)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def nginx(predictor: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if binary is None or shutil.which("envsubst") is None:
+        pytest.skip("needs nginx and envsubst (make tools installs them as root)")
+    if not (DIST / "index.html").is_file():
+        pytest.skip("needs the built page: make frontend")
+    root, port = tmp_path_factory.mktemp("nginx"), _free_port()
+    site = _render(
+        {
+            "PREDICTOR_UPSTREAM": f"http://127.0.0.1:{predictor}",
+            "PREDICTOR_HOST": "localhost",
+            "POSTER_BASE_URL": POSTERS,
+            "NGINX_LOCAL_RESOLVERS": "127.0.0.1",
+        }
+    )
+    assert "listen 8080;" in site and "root /usr/share/nginx/html;" in site
+    site = site.replace("listen 8080;", f"listen 127.0.0.1:{port};")
+    site = site.replace("root /usr/share/nginx/html;", f"root {DIST};")
+    (root / "site.conf").write_text(site)
+    temp = "".join(
+        f"{kind}_temp_path {root / kind};" for kind in ("client_body", "proxy", "fastcgi")
+    ) + "".join(f"{kind}_temp_path {root / kind};" for kind in ("uwsgi", "scgi"))
+    (root / "nginx.conf").write_text(
+        f"daemon off; master_process off; pid {root / 'nginx.pid'};\n"
+        f"error_log {root / 'error.log'} info;\n"
+        "events {}\n"
+        f"http {{ include /etc/nginx/mime.types; access_log off; {temp}\n"
+        f"include {root / 'site.conf'}; }}\n"
+    )
+    log = root / "stderr.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [binary, "-p", str(root), "-c", str(root / "nginx.conf")], stdout=out, stderr=out
+        )
+    try:
+        _wait(f"http://127.0.0.1:{port}/healthz", process, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _policy(header: str) -> dict[str, str]:
+    return dict(d.strip().split(" ", 1) for d in header.split(";"))
+
+
+def test_every_response_carries_the_same_security_headers_as_the_local_ingress(
+    nginx: str,
+) -> None:
+    index = requests.get(f"{nginx}/", timeout=5)
+    script = re.search(r'src="(/assets/[^"]+\.js)"', index.text)
+    assert script, index.text
+    responses = {
+        "page": index,
+        "script": requests.get(f"{nginx}{script[1]}", timeout=5),
+        "config": requests.get(f"{nginx}/config.json", timeout=5),
+        "predict": requests.post(
+            f"{nginx}/v1/models/{MODEL}:predict", json={"instances": [{"user_id": 1}]}, timeout=10
+        ),
+        "not found": requests.get(f"{nginx}/v1/models", timeout=5),
+        "too large": requests.post(
+            f"{nginx}/v1/models/{MODEL}:predict", data=b" " * (2 << 20), timeout=10
+        ),
+    }
+    expected = security_headers(POSTERS)
+    for name, response in responses.items():
+        headers = response.headers
+        assert _policy(headers["Content-Security-Policy"]) == _policy(
+            expected["Content-Security-Policy"]
+        ), name
+        for header in ("X-Content-Type-Options", "X-Frame-Options", "Referrer-Policy"):
+            assert headers[header] == expected[header], (name, header)
+        assert headers["Server"] == "nginx", name  # server_tokens off: no version
+    assert responses["config"].headers["Cache-Control"] == "no-store"
+    assert "Cache-Control" not in responses["page"].headers
+    assert responses["config"].json() == {"posterBaseUrl": POSTERS, "modelName": MODEL}
+    assert responses["predict"].status_code == 200
+    assert responses["too large"].status_code == 413
+
+
+def test_the_inference_routes_reach_the_predictor_and_nothing_else_does(nginx: str) -> None:
+    for method, path, body in (
+        ("POST", f"/v1/models/{MODEL}:predict", {"instances": [{"user_id": 1}]}),
+        ("GET", f"/v1/models/{MODEL}", None),
+        ("POST", f"/v2/models/{MODEL}/infer", V2_BODY),
+        ("GET", f"/v2/models/{MODEL}", None),
+        ("GET", f"/v2/models/{MODEL}/ready", None),
+    ):
+        response = requests.request(method, f"{nginx}{path}", json=body, timeout=10)
+        assert response.status_code == 200, (path, response.text)
+        if method == "POST":
+            assert response.headers["X-Model-Version"] == "4", path
+        else:  # readiness and metadata name the model
+            assert response.json()["name"] == MODEL, path
+    port = int(nginx.rsplit(":", 1)[1])
+    for method, path in (
+        ("GET", f"/v1/models/{MODEL}/%2e%2e/%2e%2e/%2e%2e/metrics"),
+        ("GET", f"/v1/models/{MODEL}:predict/../../../v2/health/live"),
+        ("POST", f"/v1/models/{MODEL}/%2e%2e/%2e%2e/%2e%2e/v2/repository/models/{MODEL}/unload"),
+        ("POST", f"/v2/repository/models/{MODEL}/unload"),
+        ("GET", "/metrics"),
+        ("GET", "/v2/health/live"),
+        ("POST", f"/v1/models/{MODEL}:explain"),
+    ):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request(method, path)
+        response = connection.getresponse()
+        body = response.read()
+        connection.close()
+        assert "X-Model-Version" not in dict(response.getheaders()), (method, path)
+        assert b"# HELP" not in body and b'"status"' not in body, (method, path)
+        assert response.status in (200, 404), (method, path)  # 200: the page (SPA fallback)
