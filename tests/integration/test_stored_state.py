@@ -5,7 +5,7 @@
 - a disk that fills up: a real 2 MB tmpfs mounted for the test (root only; skipped, saying so,
   where mounting is not permitted), filled to a chosen number of free bytes;
 - two identical ``features build`` processes at once;
-- a rejected Parquet log, 30 times: the documented exit code every time (pyarrow used to abort
+- a rejected Parquet log, 12 times: the documented exit code every time (pyarrow used to abort
   the process at exit now and then, SIGABRT / exit 134, after printing the error).
 """
 
@@ -282,7 +282,7 @@ def test_a_rejected_parquet_log_exits_4_every_time(tmp_path):
         return proc.returncode, proc.stderr
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        results: list[tuple[int, Any]] = list(pool.map(once, range(30)))
+        results: list[tuple[int, Any]] = list(pool.map(once, range(12)))
 
     codes = [code for code, _ in results]
     assert codes == [4] * 30, [(c, e[-300:]) for c, e in results if c != 4]
