@@ -5,17 +5,13 @@ from __future__ import annotations
 import logging
 import sys
 from collections import Counter
-from pathlib import Path
 from typing import Annotated
 
-import pandas as pd
 import requests
 import typer
 
-from contracts import layout
 from contracts.inferenceservice import traffic_table
 from contracts.names import MODEL_NAME, VERSION_HEADER
-from contracts.settings import DATA_DIR
 from localstack.processes import ProcessError
 from localstack.stack import StackSettings, down, status, up
 
@@ -110,20 +106,18 @@ def predict_(
 
 
 @app.command("popular")
-def popular_(
-    n: Annotated[int, typer.Option("--n", min=1)] = 3,
-    data_dir: Annotated[
-        Path, typer.Option("--data-dir", envvar=DATA_DIR.name)
-    ] = DATA_DIR.default_path,
-) -> None:
-    """Print the n most popular content ids of the latest feature snapshot (comma-separated)."""
-    features = layout.DataLayout(data_dir).features
-    version = layout.read_pointer(features)
-    if version is None:
-        typer.echo(f"error: no feature snapshot under {features}; run `make demo`", err=True)
-        raise typer.Exit(3)
-    catalog = pd.read_parquet(features / version / layout.FEATURES_CATALOG)
-    ids = catalog.sort_values("popularity", ascending=False)["content_id"].head(n)
+def popular_(n: Annotated[int, typer.Option("--n", min=1, max=100)] = 3) -> None:
+    """Print the served model's n most popular content ids (comma-separated).
+
+    Asks the predictor through the ingress (``"popular": true``), so the ids are ones the
+    model that answers knows, whatever snapshot was built since.
+    """
+    url = f"{StackSettings.from_env().ingress_url}/v1/models/{MODEL_NAME}:predict"
+    response = requests.post(url, json={"instances": [{"popular": True, "k": n}]}, timeout=10)
+    if response.status_code != 200:
+        typer.echo(f"error: HTTP {response.status_code}: {response.text}", err=True)
+        raise typer.Exit(1)
+    ids = response.json()["predictions"][0]["content_ids"]
     typer.echo(",".join(str(i) for i in ids))
 
 

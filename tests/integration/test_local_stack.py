@@ -112,6 +112,12 @@ def test_a_full_rollout_serves_the_version_with_its_name_on_every_response(
     version = versions["first"]
     proc = stack.run("pipelines.rollout", "canary", "--version", version, "--percent", "100")
     assert "100%" in proc.stdout
+    # `localstack popular` (the README's way to pick a history) names films the served model knows
+    popular = stack.run("localstack", "popular", "--n", "2").stdout.strip()
+    ranked = stack.predict([{"popular": True, "k": 2}]).json()["predictions"][0]["content_ids"]
+    assert popular == ",".join(map(str, ranked))
+    picked = stack.run("localstack", "predict", "--history", popular, "--k", "3").stdout
+    assert f"from model version {version}" in picked
     response = stack.predict([{"user_id": 1, "k": 5}, {"history": [], "k": 3}])
     assert response.status_code == 400  # an empty history is no input: a clear 4xx
     response = stack.predict([{"user_id": 1, "k": 5}, {"user_id": 987654321, "k": 3}])

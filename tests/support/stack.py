@@ -76,6 +76,9 @@ def local_stack(root: Path) -> Iterator[Session]:
     env.update(
         DATA_DIR=str(root / "data"),
         LOCAL_ROOT=str(settings.root),
+        MLFLOW_PORT=str(settings.mlflow_port),
+        INGRESS_PORT=str(settings.ingress_port),
+        SANDBOX_PORT=str(settings.sandbox_port),
         MLFLOW_TRACKING_URI=settings.mlflow_url,
         TMDB_BASE_URL=settings.sandbox_url,
         TMDB_ACCESS_TOKEN="sandbox-token",
