@@ -14,10 +14,8 @@ import http.client
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import pytest
 import requests
 
 from localstack.ingress import security_headers
+from localstack.processes import free_port, wait_healthy
 
 pytestmark = pytest.mark.integration
 
@@ -34,25 +33,6 @@ DIST = REPO_ROOT / "frontend" / "dist"
 MODEL = "movie-recommender"
 POSTERS = "https://image.tmdb.org/t/p"
 V2_BODY = {"inputs": [{"name": "user_id", "shape": [1], "datatype": "INT64", "data": [1]}]}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if requests.get(url, timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"{url} did not come up; log:\n{log.read_text()}")
 
 
 def _render(variables: dict[str, str]) -> str:
@@ -78,7 +58,7 @@ def predictor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         n_users=50, n_items=40, n_interactions=800, seed=5
     )
     save(EASE().fit(interactions, catalog, trained_on={"model_version": "4"}), root / "model")
-    port, log = _free_port(), root / "server.log"
+    port, log = free_port(), root / "server.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "model_server", "--model_name", MODEL,
@@ -86,7 +66,9 @@ def predictor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
             cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-        _wait(f"http://127.0.0.1:{port}/v1/models/{MODEL}", process, log)
+        wait_healthy(
+            f"http://127.0.0.1:{port}/v1/models/{MODEL}", timeout=60, process=process, log_file=log
+        )
         yield port
     finally:
         process.terminate()
@@ -102,7 +84,7 @@ def nginx(predictor: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         pytest.skip("needs nginx and envsubst (make tools installs them as root)")
     if not (DIST / "index.html").is_file():
         pytest.skip("needs the built page: make frontend")
-    root, port = tmp_path_factory.mktemp("nginx"), _free_port()
+    root, port = tmp_path_factory.mktemp("nginx"), free_port()
     site = _render(
         {
             "PREDICTOR_UPSTREAM": f"http://127.0.0.1:{predictor}",
@@ -131,7 +113,7 @@ def nginx(predictor: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             [binary, "-p", str(root), "-c", str(root / "nginx.conf")], stdout=out, stderr=out
         )
     try:
-        _wait(f"http://127.0.0.1:{port}/healthz", process, log)
+        wait_healthy(f"http://127.0.0.1:{port}/healthz", timeout=60, process=process, log_file=log)
         yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
