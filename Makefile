@@ -27,20 +27,20 @@ help: ## List the targets
 
 $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11" >&2; exit 1; }
-	@echo "installing the Python environment into $(VENV) (exact pins of requirements.lock)"
+	@echo "installing the Python environment into $(VENV) (exact pins and sha256 hashes of requirements.lock)"
 	$(PYTHON) -m venv $(VENV)
 	@$(PIP) --upgrade "pip==25.3"
-	@echo "pip install -r requirements.lock"; $(PIP) -r requirements.lock
+	@echo "pip install --require-hashes -r requirements.lock"; $(PIP) --require-hashes -r requirements.lock
 	@$(PIP) --no-deps -e .
 	@touch $@
 
 install: $(STAMP) $(NODE_STAMP) ## Create .venv from requirements.lock and install the front end's npm ci
 
-lock: ## Regenerate requirements.lock from pyproject.toml and the serving lock within it (needs uv)
+lock: ## Regenerate the hash-pinned requirements.lock and the serving lock within it (needs uv)
 	uv pip compile pyproject.toml --extra dev --python-version 3.11 --no-header \
-	  --annotation-style line -o requirements.lock
+	  --annotation-style line --generate-hashes -o requirements.lock
 	uv pip compile requirements-serving.in -c requirements.lock --python-version 3.11 \
-	  --no-header --annotation-style line -o requirements-serving.lock
+	  --no-header --annotation-style line --generate-hashes -o requirements-serving.lock
 
 $(NODE_STAMP): frontend/package.json frontend/package-lock.json
 	@command -v npm >/dev/null || { echo "error: npm not found; install Node 20" >&2; exit 1; }

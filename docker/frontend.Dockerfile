@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1.7
 # movie-mlops/frontend: the built React page behind nginx-unprivileged on :8080; the inference
 # routes are proxied to the predictor (see docker/frontend/default.conf.template).
-ARG NODE_IMAGE=node:20.19.4-bookworm-slim
-ARG NGINX_IMAGE=nginxinc/nginx-unprivileged:1.28.0-alpine
+ARG NODE_IMAGE=node:20.19.4-bookworm-slim@sha256:6db5e436948af8f0244488a1f658c2c8e55a3ae51ca2e1686ed042be8f25f70a
+ARG NGINX_IMAGE=nginxinc/nginx-unprivileged:1.28.0-alpine@sha256:c97ff0bf7cbae369953c6da1232ec14ad9f971d66360c5698db0856a4cd657a0
 
 FROM ${NODE_IMAGE} AS build
 WORKDIR /src

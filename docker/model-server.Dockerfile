@@ -3,7 +3,7 @@
 # Only what serving needs: requirements-serving.lock (compiled within requirements.lock, so the
 # versions match the pipelines image; mlflow-skinny, no MLflow server, no dev tools) and the
 # model_server, recommenders and contracts packages.
-ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
@@ -11,7 +11,7 @@ WORKDIR /src
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY requirements-serving.lock ./
-RUN pip install --no-deps -r requirements-serving.lock
+RUN pip install --no-deps --require-hashes -r requirements-serving.lock
 COPY contracts ./contracts
 COPY recommenders ./recommenders
 COPY model_server ./model_server

@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1.7
 # movie-mlops/pipelines: crawl, features, train, rollout, the TMDB sandbox and the MLflow server.
 # Build from the repository root: docker build -f docker/pipelines.Dockerfile -t movie-mlops/pipelines:TAG .
-ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
@@ -9,7 +9,7 @@ WORKDIR /src
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY requirements.lock ./
-RUN pip install --no-deps -r requirements.lock
+RUN pip install --no-deps --require-hashes -r requirements.lock
 COPY pyproject.toml ./
 COPY contracts ./contracts
 COPY recommenders ./recommenders

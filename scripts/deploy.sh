@@ -47,6 +47,10 @@ ensure_mlflow_secrets() {
 ensure_mlflow_secrets
 kubectl -n "$ns" delete job mlflow-provision --ignore-not-found >/dev/null
 
+# Cluster-scoped, the same for every overlay: what the rollout ServiceAccount may change.
+info "applying the cluster-scoped admission policy (kustomize/cluster)"
+kubectl apply -k "$ROOT/kustomize/cluster"
+
 info "applying overlay $env to namespace $ns"
 if [[ "$with_predictor" == --with-predictor ]] || ! kubectl -n "$ns" get inferenceservice movie-recommender >/dev/null 2>&1; then
   kubectl apply -f "$rendered"

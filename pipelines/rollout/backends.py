@@ -18,6 +18,7 @@ from contracts.files import atomic_write_json, pid_alive
 from contracts.inferenceservice import KSERVE_GROUP, KSERVE_PLURAL, KSERVE_VERSION
 from contracts.layout import StackLayout
 from pipelines.errors import RolloutError, StackDownError
+from pipelines.rollout.document import spec_patch
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ class ClusterBackend:
             config.load_kube_config()
         self.api = client.CustomObjectsApi()
         self.namespace, self.name = namespace, name
+        self._read: dict[str, dict[str, Any]] = {}  # resourceVersion -> the object as read
 
     def _args(self) -> tuple[str, str, str, str]:
         return KSERVE_GROUP, KSERVE_VERSION, self.namespace, KSERVE_PLURAL
@@ -130,24 +132,49 @@ class ClusterBackend:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            return self.api.get_namespaced_custom_object(*self._args(), self.name)
+            current = self.api.get_namespaced_custom_object(*self._args(), self.name)
         except ApiException as err:
             if err.status == 404:
                 return None
             raise RolloutError(f"cannot read InferenceService {self.name}: {err.reason}") from err
+        self._read[current["metadata"]["resourceVersion"]] = copy.deepcopy(current)
+        return current
 
     def apply(self, isvc: dict[str, Any]) -> dict[str, Any]:
+        """Patch the spec's changes since ``isvc`` was read, never the whole object.
+
+        The Role grants ``patch`` on this one InferenceService only (no ``update``), and the
+        ValidatingAdmissionPolicy ``movie-mlops-rollout-fields`` lets this ServiceAccount change
+        only the canary percent and the container's STORAGE_URI / MODEL_VERSION / MODEL_DIGEST.
+        """
         from kubernetes.client.exceptions import ApiException
 
-        try:  # replace carries resourceVersion: a concurrent edit fails instead of being lost
-            return self.api.replace_namespaced_custom_object(*self._args(), self.name, isvc)
+        version = (isvc.get("metadata") or {}).get("resourceVersion")
+        read = self._read.get(version)
+        if read is None:
+            raise RolloutError(
+                f"InferenceService {self.name} at resourceVersion {version} was not read by this "
+                "command; nothing was written"
+            )
+        patch = spec_patch(read, isvc)
+        if patch is None:  # the API server would not bump the generation either
+            return read
+        try:  # resourceVersion in the patch: a concurrent edit fails (409) instead of being lost
+            return self.api.patch_namespaced_custom_object(
+                *self._args(), self.name, patch, _content_type="application/merge-patch+json"
+            )
         except ApiException as err:
             if err.status == 409:
                 raise RolloutError(
                     f"InferenceService {self.name} was changed by someone else since it was "
                     "read (resourceVersion conflict); nothing was written: rerun the command"
                 ) from err
-            raise RolloutError(f"cannot update InferenceService {self.name}: {err.reason}") from err
+            if err.status in (403, 422) and "ValidatingAdmissionPolicy" in str(err.body or ""):
+                raise RolloutError(
+                    f"the cluster's admission policy refused the change to {self.name}: "
+                    f"{err.body}; nothing was written"
+                ) from err
+            raise RolloutError(f"cannot patch InferenceService {self.name}: {err.reason}") from err
 
     def lock(self) -> AbstractContextManager[None]:
         """Nothing to hold: the API server's optimistic concurrency (resourceVersion) guards."""

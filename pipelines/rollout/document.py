@@ -89,3 +89,49 @@ def step_percent(isvc: dict[str, Any]) -> str:
 def spec_only(isvc: dict[str, Any]) -> dict[str, Any]:
     """What we write: the object without its status (the controller owns status)."""
     return {k: v for k, v in isvc.items() if k != "status"}
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """The JSON merge patch (RFC 7386) that turns ``old`` into ``new``.
+
+    Objects are diffed key by key (a removed key becomes ``null``); anything else, lists
+    included, is replaced whole — which is what a merge patch can express.
+    """
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch: dict[str, Any] = {}
+    for key in old.keys() - new.keys():
+        patch[key] = None
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif old[key] != value:
+            patch[key] = merge_patch(old[key], value)
+    return patch
+
+
+def apply_merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386's apply: what the API server makes of ``target`` and a merge ``patch``."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = apply_merge_patch(result.get(key), value)
+    return result
+
+
+def spec_patch(read: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any] | None:
+    """The merge patch a rollout step sends: the spec's changes, guarded by ``resourceVersion``.
+
+    Only ``spec`` is diffed (the tool never writes metadata or status). The read object's
+    ``resourceVersion`` rides along: the API server treats it as a precondition and answers 409
+    when the object changed since it was read. ``None`` when there is nothing to change.
+    """
+    diff = merge_patch(read.get("spec") or {}, wanted.get("spec") or {})
+    if not diff:
+        return None
+    version = (read.get("metadata") or {}).get("resourceVersion")
+    return {"metadata": {"resourceVersion": version}, "spec": diff}

@@ -363,12 +363,39 @@ def test_rollout_rbac_is_namespaced_and_minimal(overlay):
     assert "ClusterRole" not in {o["kind"] for o in objs}
     (rule,) = by_kind(objs, "Role")["rollout"]["rules"]
     assert rule["resources"] == ["inferenceservices"]
-    # update: the rollout tool replaces the object with its resourceVersion (optimistic lock)
-    assert set(rule["verbs"]) == {"get", "list", "watch", "patch", "update"}
+    # get and patch of the one object: the rollout tool sends a merge patch carrying the
+    # resourceVersion it read (optimistic lock); no update, list, watch, create or delete
+    assert rule["resourceNames"] == [
+        by_kind(objs, "InferenceService")["movie-recommender"]["metadata"]["name"]
+    ]
+    assert set(rule["verbs"]) == {"get", "patch"}
     binding = by_kind(objs, "RoleBinding")["rollout"]
     assert binding["subjects"][0]["name"] == "rollout"
     rollout = pod_spec(by_kind(objs, "CronJob")["rollout"])
     assert rollout["serviceAccountName"] == "rollout"
+
+
+def test_predictor_pods_mount_no_service_account_token(overlay):
+    _, objs = overlay
+    predictor = by_kind(objs, "InferenceService")["movie-recommender"]["spec"]["predictor"]
+    assert predictor["automountServiceAccountToken"] is False
+
+
+def test_cluster_scoped_policy_validates_and_carries_no_namespace():
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    out = subprocess.run(
+        [_kubectl(), "kustomize", str(ROOT / "kustomize" / "cluster")],
+        capture_output=True,
+        check=True,
+    )
+    objs = [o for o in yaml.safe_load_all(out.stdout) if o]
+    assert {o["kind"] for o in objs} == {
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    }
+    for obj in objs:
+        assert "namespace" not in obj["metadata"], obj["metadata"]["name"]
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
 
 def test_mlflow_is_single_writer_and_allows_its_namespaced_hosts(overlay):
