@@ -54,17 +54,27 @@ kubectl -n knative-serving patch configmap/config-domain --type merge \
 # digests. Ours are docker.io/movie-mlops/*; kind.local/ko.local/dev.local are the usual local names.
 kubectl -n knative-serving patch configmap/config-deployment --type merge \
   -p '{"data":{"registries-skipping-tag-resolving":"kind.local,ko.local,dev.local,docker.io,index.docker.io"}}'
-# emptyDir for the predictor's writable /tmp (read-only root filesystem).
+# emptyDir for the predictor's writable /tmp (read-only root filesystem). Knative 1.21's key is
+# kubernetes.podspec-volumes-emptydir (knative/serving knative-v1.21.1 config/core/configmaps/features.yaml).
 kubectl -n knative-serving patch configmap/config-features --type merge \
-  -p '{"data":{"kubernetes.podspec-emptydir":"enabled"}}'
+  -p '{"data":{"kubernetes.podspec-volumes-emptydir":"enabled"}}'
 
 info "KServe $KSERVE_VERSION"
 kubectl apply --server-side -f "https://github.com/kserve/kserve/releases/download/$KSERVE_VERSION/kserve-crds.yaml"
 kubectl wait --for=condition=Established crd/inferenceservices.serving.kserve.io --timeout=60s
 kubectl create namespace kserve --dry-run=client -o yaml | kubectl apply -f -
 kubectl apply --server-side -f "https://github.com/kserve/kserve/releases/download/$KSERVE_VERSION/kserve.yaml"
-kubectl -n kserve wait --for=condition=Available deployment/kserve-controller-manager --timeout="$WAIT"
-kubectl apply --server-side -f "https://github.com/kserve/kserve/releases/download/$KSERVE_VERSION/kserve-cluster-resources.yaml"
+# kserve.yaml 0.20 also ships the llmisvc controller, whose webhook (failurePolicy: Fail) validates
+# the LLMInferenceServiceConfig objects in kserve-cluster-resources.yaml: wait for every deployment
+# in the namespace, then retry the apply while the webhook's endpoints come up.
+kubectl -n kserve wait --for=condition=Available deployment --all --timeout="$WAIT"
+for attempt in 1 2 3 4 5 6; do
+  if kubectl apply --server-side -f "https://github.com/kserve/kserve/releases/download/$KSERVE_VERSION/kserve-cluster-resources.yaml"; then
+    break
+  fi
+  [ "$attempt" -lt 6 ] || die "kserve-cluster-resources.yaml did not apply: check 'kubectl -n kserve get pods' and the webhooks"
+  sleep 10
+done
 
 # Kourier instead of Istio: no top-level Istio VirtualService; Knative mode by default.
 need python3 "python3 is needed to edit KServe's JSON configuration"
