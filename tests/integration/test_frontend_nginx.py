@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import requests
 
 from localstack.ingress import security_headers
 from localstack.processes import free_port, wait_healthy
+from tests.support.stack import csp_directives, page_responses
 
 pytestmark = pytest.mark.integration
 
@@ -120,20 +120,11 @@ def nginx(predictor: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         process.wait(timeout=10)
 
 
-def _policy(header: str) -> dict[str, str]:
-    return dict(d.strip().split(" ", 1) for d in header.split(";"))
-
-
 def test_every_response_carries_the_same_security_headers_as_the_local_ingress(
     nginx: str,
 ) -> None:
-    index = requests.get(f"{nginx}/", timeout=5)
-    script = re.search(r'src="(/assets/[^"]+\.js)"', index.text)
-    assert script, index.text
     responses = {
-        "page": index,
-        "script": requests.get(f"{nginx}{script[1]}", timeout=5),
-        "config": requests.get(f"{nginx}/config.json", timeout=5),
+        **page_responses(nginx),
         "predict": requests.post(
             f"{nginx}/v1/models/{MODEL}:predict", json={"instances": [{"user_id": 1}]}, timeout=10
         ),
@@ -145,7 +136,7 @@ def test_every_response_carries_the_same_security_headers_as_the_local_ingress(
     expected = security_headers(POSTERS)
     for name, response in responses.items():
         headers = response.headers
-        assert _policy(headers["Content-Security-Policy"]) == _policy(
+        assert csp_directives(headers["Content-Security-Policy"]) == csp_directives(
             expected["Content-Security-Policy"]
         ), name
         for header in ("X-Content-Type-Options", "X-Frame-Options", "Referrer-Policy"):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import select
 import shutil
 import socket
@@ -30,6 +29,8 @@ from localstack.processes import free_port, spawn, stop_group, wait_healthy
 from tests.support.stack import (
     V2_BODY,
     Session,
+    csp_directives,
+    page_responses,
     registered_version,
     serve_only,
     served_versions,
@@ -476,22 +477,15 @@ def test_every_ingress_response_carries_the_page_security_headers(
 ) -> None:
     serve_only(stack, versions["first"])
     base = stack.settings.ingress_url
-    index = requests.get(f"{base}/", timeout=5)
-    script = re.search(r'src="(/assets/[^"]+\.js)"', index.text)
-    assert script, index.text
     responses = {
-        "page": index,
-        "script": requests.get(f"{base}{script[1]}", timeout=5),
-        "config": requests.get(f"{base}/config.json", timeout=5),
+        **page_responses(base),
         "predict": stack.predict([{"user_id": 1}]),
         "not found": requests.get(f"{base}/metrics", timeout=5),
     }
     posters = f"http://127.0.0.1:{stack.settings.sandbox_port}/t/p/"
     for name, response in responses.items():
         headers = response.headers
-        policy = dict(
-            d.strip().split(" ", 1) for d in headers["Content-Security-Policy"].split(";")
-        )
+        policy = csp_directives(headers["Content-Security-Policy"])
         assert policy["img-src"] == f"'self' {posters}", name
         assert policy["default-src"] == "'none'" and policy["script-src"] == "'self'", name
         assert policy["frame-ancestors"] == "'none'", name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -206,3 +207,20 @@ def model_servers_under(stack: Session) -> list[int]:
         if "model_server" in cmdline and root in cmdline:
             pids.append(proc.info["pid"])
     return pids
+
+
+def page_responses(base: str) -> dict[str, requests.Response]:
+    """The page, its script bundle and its config.json, as a browser would fetch them."""
+    index = requests.get(f"{base}/", timeout=5)
+    script = re.search(r'src="(/assets/[^"]+\.js)"', index.text)
+    assert script, index.text
+    return {
+        "page": index,
+        "script": requests.get(f"{base}{script[1]}", timeout=5),
+        "config": requests.get(f"{base}/config.json", timeout=5),
+    }
+
+
+def csp_directives(header: str) -> dict[str, str]:
+    """A Content-Security-Policy header as {directive: sources}."""
+    return dict(d.strip().split(" ", 1) for d in header.split(";"))
