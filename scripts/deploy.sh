@@ -18,7 +18,11 @@ kubectl get crd inferenceservices.serving.kserve.io >/dev/null 2>&1 \
 
 rendered="$(mktemp)"
 trap 'rm -f "$rendered"' EXIT
-kubectl kustomize "$ROOT/kustomize/overlays/$env" >"$rendered"
+# The overlay with the images pinned to the digests scripts/images.sh pushed, the rollout
+# ServiceAccount's egress narrowed to this cluster's API server, and the PodMonitors/
+# ServiceMonitors only when the Prometheus operator's CRDs exist (scripts/render.sh).
+"$ROOT/scripts/render.sh" "$env" >"$rendered"
+check_capacity "$env" "$rendered"
 
 if [[ "$env" != dev ]] && ! kubectl -n "$ns" get secret tmdb-credentials >/dev/null 2>&1; then
   info "warning: secret tmdb-credentials is missing in $ns; crawl will run unauthenticated (docs/cluster.md)"

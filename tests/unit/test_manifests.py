@@ -8,7 +8,9 @@ what the overlays must differ in, and that the manifests only set variables the 
 
 from __future__ import annotations
 
+import copy
 import functools
+import json
 import re
 import shutil
 import subprocess
@@ -119,7 +121,9 @@ def test_builtin_objects_validate_strictly_against_kubernetes_1_32(overlay):
     _, objs = overlay
     checked = 0
     for obj in objs:
-        if obj["kind"] == "InferenceService":
+        # custom resources: the KServe SDK's types and the Prometheus operator's CRD schemas
+        # check those (below)
+        if obj["kind"] == "InferenceService" or obj["apiVersion"].startswith("monitoring."):
             continue
         try:
             kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
@@ -481,3 +485,376 @@ def test_third_party_env_readers_exist():
     )
     for name in ("MLFLOW_SERVER_ALLOWED_HOSTS", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"):
         assert name in mlflow_src, f"mlflow no longer reads {name}"
+
+
+# --- images, the API server placeholder, monitors, the dashboard, sizing -------------------------
+
+
+def _lib_value(name: str) -> str:
+    """A constant of scripts/lib.sh (`NAME=value` or `NAME="${NAME:-value}"`)."""
+    text = (ROOT / "scripts" / "lib.sh").read_text(encoding="utf-8")
+    match = re.search(rf'^{name}=(?:"\$\{{{name}:-)?"?([^"\n}}]+)', text, re.MULTILINE)
+    assert match, f"{name} not set in scripts/lib.sh"
+    return match.group(1).replace("$REGISTRY", _lib_value("REGISTRY") if name != "REGISTRY" else "")
+
+
+PROJECT_IMAGES = ("pipelines", "model-server", "frontend")
+
+
+def test_project_images_are_named_in_the_kind_registry(overlay):
+    _, objs = overlay
+    prefix = _lib_value("IMAGE_PREFIX")
+    assert prefix == "localhost:5001/movie-mlops"
+    ours = set()
+    for owner, c in containers(objs):
+        image = c["image"]
+        # never Docker Hub's namespace: an unqualified movie-mlops/... is docker.io/movie-mlops/...
+        assert not image.startswith("movie-mlops/"), f"{owner['metadata']['name']}: {image}"
+        if "movie-mlops/" in image:
+            assert image.startswith(f"{prefix}/"), image
+            ours.add(image.split("@")[0].rsplit(":", 1)[0].rsplit("/", 1)[-1])
+    assert ours == set(PROJECT_IMAGES)
+
+
+def test_the_api_server_placeholder_is_the_rollout_policys_only_destination():
+    placeholder = _lib_value("API_SERVER_PLACEHOLDER")
+    assert placeholder == "192.0.2.1/32"  # RFC 5737 TEST-NET-1: routes nowhere if left in
+    for env in ("staging", "prod"):
+        netpols = by_kind(_render(env), "NetworkPolicy")
+        holders = [n for n, p in netpols.items() if placeholder in yaml.safe_dump(p)]
+        assert holders == ["rollout-to-api-server"], env
+        (rule,) = netpols["rollout-to-api-server"]["spec"]["egress"]
+        assert rule["to"] == [{"ipBlock": {"cidr": placeholder}}]
+        # No rule lets the rollout pods (or any pod) reach a port at any address.
+        for name, pol in netpols.items():
+            for egress in pol["spec"].get("egress", []):
+                assert egress.get("to"), f"{env}: {name} allows {egress.get('ports')} anywhere"
+
+
+_CRD_SCHEMAS = ROOT / "tests" / "fixtures" / "prometheus-operator"
+
+
+def _strict(schema: dict[str, Any]) -> dict[str, Any]:
+    """The CRD's schema with unknown fields refused (as `kubectl apply --validate=strict`)."""
+    schema = dict(schema)
+    if "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        schema["properties"] = {k: _strict(v) for k, v in schema["properties"].items()}
+        schema.setdefault("additionalProperties", False)
+    if isinstance(schema.get("items"), dict):
+        schema["items"] = _strict(schema["items"])
+    if schema.get("x-kubernetes-int-or-string"):
+        schema.pop("type", None)
+        schema["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    return schema
+
+
+def _validate_monitor(obj: dict[str, Any]) -> None:
+    import jsonschema
+
+    name = {"PodMonitor": "podmonitors", "ServiceMonitor": "servicemonitors"}[obj["kind"]]
+    fixture = json.loads((_CRD_SCHEMAS / f"{name}.v1.json").read_text(encoding="utf-8"))
+    assert fixture["kind"] == obj["kind"] and obj["apiVersion"] == "monitoring.coreos.com/v1"
+    schema = _strict(fixture["openAPIV3Schema"])
+    # metadata is the API server's ObjectMeta, not part of the CRD schema
+    schema["properties"]["metadata"] = {"type": "object"}
+    jsonschema.validate(obj, schema)
+
+
+def test_monitors_validate_against_the_prometheus_operator_crds(overlay):
+    _, objs = overlay
+    monitors = [o for o in objs if o["apiVersion"].startswith("monitoring.coreos.com/")]
+    assert {(o["kind"], o["metadata"]["name"]) for o in monitors} == {
+        ("PodMonitor", "movie-recommender-predictor"),
+        ("ServiceMonitor", "event-sink"),
+    }
+    for obj in monitors:
+        _validate_monitor(obj)
+
+
+def test_monitor_validation_is_not_vacuous():
+    import jsonschema
+
+    pod_monitor = by_kind(_render("dev"), "PodMonitor")["movie-recommender-predictor"]
+    typo = copy.deepcopy(pod_monitor)
+    typo["spec"]["podMetricsEndpoints"][0]["prot"] = "user-port"
+    with pytest.raises(jsonschema.ValidationError):
+        _validate_monitor(typo)
+    missing = copy.deepcopy(pod_monitor)
+    del missing["spec"]["selector"]
+    with pytest.raises(jsonschema.ValidationError):
+        _validate_monitor(missing)
+
+
+def test_the_predictor_is_scraped_on_its_own_port_and_queue_proxys(overlay):
+    """Not through prometheus.io annotations: KServe points them at queue-proxy (9091) without
+    the model server's metrics (kserve v0.20.0 metrics_aggregate_injector.go), and the Prometheus
+    operator ignores them anyway."""
+    _, objs = overlay
+    isvc = by_kind(objs, "InferenceService")["movie-recommender"]
+    assert "serving.kserve.io/enable-prometheus-scraping" not in isvc["metadata"]["annotations"]
+    pm = by_kind(objs, "PodMonitor")["movie-recommender-predictor"]
+    assert pm["metadata"]["namespace"] == isvc["metadata"]["namespace"]
+    # the labels KServe puts on predictor pods (components/predictor.go:
+    # InferenceServicePodLabelKey, KServiceComponentLabel)
+    assert pm["spec"]["selector"]["matchLabels"] == {
+        "serving.kserve.io/inferenceservice": isvc["metadata"]["name"],
+        "component": "predictor",
+    }
+    endpoints = {e["port"]: e for e in pm["spec"]["podMetricsEndpoints"]}
+    # Knative names the user container's port `user-port` (deploy.go buildContainerPorts) and
+    # queue-proxy's request-metrics port `http-usermetric` (revision_helpers.go).
+    assert set(endpoints) == {"user-port", "http-usermetric"}
+    (port,) = isvc["spec"]["predictor"]["containers"][0]["ports"]
+    args = isvc["spec"]["predictor"]["containers"][0]["args"]
+    assert args[args.index("--http_port") + 1] == str(port["containerPort"])
+    assert "/metrics" in (ROOT / "model_server" / "server.py").read_text(encoding="utf-8")
+    for e in endpoints.values():
+        assert e["path"] == "/metrics"
+        assert {
+            "sourceLabels": ["__meta_kubernetes_pod_label_serving_knative_dev_revision"],
+            "targetLabel": "revision",
+        } in e["relabelings"]
+
+
+def test_the_event_sink_is_scraped_by_its_service_label(overlay):
+    _, objs = overlay
+    sm = by_kind(objs, "ServiceMonitor")["event-sink"]
+    assert sm["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "event-sink"}
+    assert sm["spec"]["endpoints"] == [{"targetPort": 8080, "path": "/metrics", "interval": "15s"}]
+    service = by_kind(objs, "Service").get("event-sink")
+    if service is not None:  # the sink's manifests (issue #11) agree with the monitor
+        assert service["metadata"]["labels"]["app.kubernetes.io/name"] == "event-sink"
+        assert 8080 in {p.get("targetPort", p["port"]) for p in service["spec"]["ports"]} or any(
+            p.get("containerPort") == 8080
+            for _, c in containers(objs)
+            if c["name"] == "event-sink"
+            for p in c.get("ports", [])
+        )
+
+
+# What each scraped component exports, with the labels of each series. Knative (Go) is read from
+# knative/serving knative-v1.21.1 pkg/queue/request_metric.go: OpenTelemetry instruments
+# `kn.serving.invocation.duration` (histogram, unit s, attribute http.response.status_code) and
+# `kn.serving.queue.depth` (gauge), exported by the OTel Prometheus exporter with
+# UnderscoreEscapingWithSuffixes (knative/pkg observability/metrics/prometheus_enabled.go), which
+# also adds otel_scope_* labels. The OpenCensus names (revision_app_request_count, ...) are gone.
+KNATIVE_QUEUE_PROXY = {
+    "kn_serving_invocation_duration_seconds": ("histogram", {"http_response_status_code"}),
+    "kn_serving_queue_depth": ("gauge", set()),
+}
+OTEL_SCOPE_LABELS = {"otel_scope_name", "otel_scope_version", "otel_scope_schema_url"}
+# The event sink (issue #11): its names as the issue fixes them; its code is not on this branch.
+EVENT_SINK_PATTERNS = (r"movie_mlops_events_[a-z_]+", r"movie_mlops_feedback_total")
+# Labels every scraped series gets from the Prometheus operator's target relabelling.
+TARGET_LABELS = {"namespace", "pod", "container", "endpoint", "job", "instance", "service"}
+
+
+def _prometheus_series(metric: Any) -> dict[str, set[str]]:
+    """The series names a prometheus_client metric exposes, each with its label names."""
+    labels = set(metric._labelnames)
+    name, kind = metric._name, metric._type
+    if kind == "counter":
+        return {f"{name}_total": labels}
+    if kind == "histogram":
+        return {f"{name}_bucket": labels | {"le"}, f"{name}_sum": labels, f"{name}_count": labels}
+    return {name: labels}
+
+
+def _exported_series() -> dict[str, set[str]]:
+    import dataclasses
+
+    import kserve.metrics
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from model_server.metrics import Metrics
+
+    series: dict[str, set[str]] = {}
+    ours = Metrics.create(CollectorRegistry())
+    for field in dataclasses.fields(ours):
+        series.update(_prometheus_series(getattr(ours, field.name)))
+    for value in vars(kserve.metrics).values():
+        if isinstance(value, MetricWrapperBase):
+            series.update(_prometheus_series(value))
+    for name, (kind, labels) in KNATIVE_QUEUE_PROXY.items():
+        labels = labels | OTEL_SCOPE_LABELS
+        if kind == "histogram":
+            series.update(
+                {f"{name}_bucket": labels | {"le"}, f"{name}_sum": labels, f"{name}_count": labels}
+            )
+        else:
+            series[name] = labels
+    return series
+
+
+_PROMQL_WORDS = {
+    "sum", "avg", "min", "max", "count", "by", "without", "rate", "irate", "increase",
+    "histogram_quantile", "clamp_min", "clamp_max", "on", "ignoring", "group_left", "and", "or",
+    "unless", "offset", "topk", "bottomk", "e",
+}  # fmt: skip
+
+
+def _promql_references(expr: str) -> list[tuple[str, set[str]]]:
+    """(series name, label names matched on it) for every selector, plus ("", labels) for every
+    by/without clause: enough PromQL for the dashboard's expressions."""
+    refs: list[tuple[str, set[str]]] = []
+    for clause in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
+        refs.append(("", {x.strip() for x in clause.split(",") if x.strip()}))
+    rest = re.sub(r"\b(?:by|without)\s*\([^)]*\)", " ", expr)
+    for name, matchers in re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^}]*)\}", rest):
+        refs.append((name, set(re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)", matchers))))
+    rest = re.sub(r"\{[^}]*\}|\[[^\]]*\]|\"[^\"]*\"|\b\d+(?:\.\d+)?(?:e-?\d+)?\b", " ", rest)
+    for word in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", rest):
+        if word not in _PROMQL_WORDS and not any(n == word for n, _ in refs):
+            refs.append((word, set()))
+    return refs
+
+
+def _unknown_references(expr: str, series: dict[str, set[str]]) -> list[str]:
+    bad, names = [], []
+    for name, labels in _promql_references(expr):
+        if not name:
+            continue
+        names.append(name)
+        if any(re.fullmatch(p, name) for p in EVENT_SINK_PATTERNS):
+            known = TARGET_LABELS | {"revision"}
+        elif name in series:
+            known = series[name] | TARGET_LABELS | {"revision"}
+        else:
+            bad.append(f"series {name}")
+            continue
+        bad += [f"label {label} on {name}" for label in sorted(labels - known)]
+    in_expr = set().union(*(series.get(n, set()) for n in names)) | TARGET_LABELS | {"revision"}
+    for name, labels in _promql_references(expr):
+        if not name:
+            bad += [f"grouping label {label}" for label in sorted(labels - in_expr)]
+    return bad
+
+
+def test_every_dashboard_query_uses_series_and_labels_the_components_export():
+    dashboard = json.loads(
+        (ROOT / "kustomize" / "components" / "monitoring" / "dashboard.json").read_text("utf-8")
+    )
+    series = _exported_series()
+    assert "request_predict_seconds_bucket" in series  # KServe's own histogram
+    assert "movie_recommender_predictions_total" in series
+    # `revision` is what the PodMonitor's relabelling adds
+    pm = by_kind(_render("dev"), "PodMonitor")["movie-recommender-predictor"]
+    assert all(
+        r["targetLabel"] == "revision" for e in pm["spec"]["podMetricsEndpoints"]
+        for r in e["relabelings"]
+    )  # fmt: skip
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 8
+    assert any("kn_serving_" in e for e in exprs), "no Knative panel"
+    for expr in exprs:
+        assert not _unknown_references(expr, series), (expr, _unknown_references(expr, series))
+    for var in dashboard["templating"]["list"]:
+        match = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", var.get("query", ""))
+        if match:
+            assert match.group(1) in series and match.group(2) in TARGET_LABELS, var
+
+
+def test_the_dashboard_check_refuses_knatives_pre_1_19_names():
+    series = _exported_series()
+    old = (
+        'sum by (response_code_class) (rate(revision_app_request_count{namespace="x",'
+        ' response_code_class=~"5xx"}[5m]))'
+    )
+    assert _unknown_references(old, series) == [
+        "series revision_app_request_count",
+        "grouping label response_code_class",
+    ]
+    wrong_label = (
+        'sum by (model_version) (rate(request_predict_seconds_count{model_version="1"}[5m]))'
+    )
+    assert _unknown_references(wrong_label, series) == [
+        "label model_version on request_predict_seconds_count",
+        "grouping label model_version",
+    ]
+
+
+# What the platform itself requests on a one-node kind cluster, in millicores / MiB (estimates
+# from the upstream manifests: kube-system ~950m/300Mi (apiserver 250m, controller-manager 200m,
+# scheduler 100m, etcd 100m/100Mi, coredns 2x100m/70Mi, kindnet 100m/50Mi); Knative Serving
+# knative-v1.21.1 config/core/deployments activator 300m/60Mi, autoscaler, controller, webhook
+# 100m/100Mi each; KServe v0.20.0 config/manager 100m/200Mi and config/llmisvc 100m/300Mi;
+# Kourier and cert-manager ~300m/300Mi together).
+PLATFORM_MILLICPU = 2050
+PLATFORM_MIB = 1500
+# Knative's queue-proxy request when no annotation sets one (pkg/deployment/config.go
+# QueueSidecarCPURequestDefault 25m; no memory request by default).
+QUEUE_PROXY_DEFAULT_MILLICPU = 25
+
+
+def _millicpu(value: str) -> int:
+    return int(value[:-1]) if value.endswith("m") else int(float(value) * 1000)
+
+
+def _mib(value: str) -> float:
+    for unit, factor in (("Ki", 1 / 1024), ("Mi", 1), ("Gi", 1024)):
+        if value.endswith(unit):
+            return float(value[:-2]) * factor
+    return float(value) / 2**20
+
+
+def _canary_peak(objs: tuple[dict[str, Any], ...]) -> tuple[int, float]:
+    """Requests during a canary: Deployments at their replicas, every batch Job at once, and two
+    predictor revisions at minReplicas each (kserve-container plus queue-proxy)."""
+    cpu, mib = 0, 0.0
+    for obj in objs:
+        spec = pod_spec(obj)
+        if spec is None:
+            continue
+        pods = obj["spec"].get("replicas", 1) if obj["kind"] == "Deployment" else 1
+        requests = [c["resources"]["requests"] for c in spec["containers"]]
+        if obj["kind"] == "InferenceService":
+            pods = 2 * spec["minReplicas"]
+            ann = spec.get("annotations", {})
+            requests.append(
+                {
+                    "cpu": ann.get(
+                        "queue.sidecar.serving.knative.dev/cpu-resource-request",
+                        f"{QUEUE_PROXY_DEFAULT_MILLICPU}m",
+                    ),
+                    "memory": ann.get(
+                        "queue.sidecar.serving.knative.dev/memory-resource-request", "0"
+                    ),
+                }
+            )
+        cpu += pods * sum(_millicpu(r["cpu"]) for r in requests)
+        mib += pods * sum(_mib(r["memory"]) for r in requests)
+    return cpu + PLATFORM_MILLICPU, mib + PLATFORM_MIB
+
+
+def test_each_overlay_declares_the_node_it_needs_during_a_canary(overlay):
+    env, objs = overlay
+    (ns,) = by_kind(objs, "Namespace").values()
+    ann = ns["metadata"]["annotations"]
+    cpu, mib = _canary_peak(objs)
+    declared_cpu = int(ann["movie-mlops.io/min-node-cpu"])
+    declared_gi = int(ann["movie-mlops.io/min-node-memory-gi"])
+    assert declared_cpu * 1000 >= cpu, f"{env} needs {cpu}m during a canary"
+    assert declared_gi * 1024 >= mib, f"{env} needs {mib:.0f}Mi during a canary"
+    # not padded either: the check in deploy.sh must not refuse a node that fits
+    assert (declared_cpu - 1) * 1000 < cpu and (declared_gi - 1) * 1024 < mib, env
+    if env == "dev":
+        assert declared_cpu <= 4, "dev must fit a 4-CPU Docker host"
+
+
+def test_prod_predictor_pods_are_guaranteed_qos_queue_proxy_included():
+    predictor = by_kind(_render("prod"), "InferenceService")["movie-recommender"]["spec"][
+        "predictor"
+    ]
+    res = predictor["containers"][0]["resources"]
+    assert res["requests"] == res["limits"]
+    # queue-proxy gets requests == limits only through these revision annotations
+    # (knative/serving knative-v1.21.1 pkg/reconciler/revision/resources/queue.go)
+    ann = predictor["annotations"]
+    prefix = "queue.sidecar.serving.knative.dev/"
+    for resource in ("cpu", "memory"):
+        request = ann[f"{prefix}{resource}-resource-request"]
+        assert request == ann[f"{prefix}{resource}-resource-limit"], resource
+    for env in ("dev", "staging"):
+        other = by_kind(_render(env), "InferenceService")["movie-recommender"]["spec"]["predictor"]
+        assert not other.get("annotations"), f"{env} keeps Knative's queue-proxy defaults"
