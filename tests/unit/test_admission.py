@@ -189,6 +189,16 @@ REFUSED: dict[str, Edit] = {
     "percent over 100": _set(("spec", "predictor", "canaryTrafficPercent"), 150),
     "percent below 0": _set(("spec", "predictor", "canaryTrafficPercent"), -1),
     "the container renamed": lambda isvc: _container(isvc).__setitem__("name", "other"),
+    # spec.predictor.annotations reach the Knative revision (prod's Guaranteed queue-proxy)
+    "queue-proxy limits lifted": _set(
+        (
+            "spec",
+            "predictor",
+            "annotations",
+            "queue.sidecar.serving.knative.dev/cpu-resource-limit",
+        ),
+        "64",
+    ),
 }
 
 
