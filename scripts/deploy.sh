@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Apply an overlay and wait for its long-running workloads.
+# Apply an overlay (as scripts/render.sh renders it: images by pushed digest, the API server's
+# addresses in the rollout egress policy) and wait for its long-running workloads.
 # Usage: scripts/deploy.sh ENV [--with-predictor]
 # The InferenceService is created once and then owned by the rollout tool (it sets STORAGE_URI,
 # MODEL_VERSION and the canary split); re-applying the manifest would roll the model back to the
