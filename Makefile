@@ -119,10 +119,10 @@ kind-up: ## Create the kind cluster with cert-manager, Knative+Kourier, KServe 0
 kind-down: ## Delete the kind cluster
 	scripts/kind-down.sh
 
-images: ## Build the three images (IMAGE_TAG, default 0.1.0)
+images: ## Build the three images, push them to the kind registry, record their digests
 	scripts/images.sh
 
-kind-load: ## Load the built images into the kind node
+kind-load: ## Check that every image has a pushed digest (images go through the local registry)
 	scripts/kind-load.sh
 
 deploy: ## Apply overlay ENV (dev|staging|prod) and wait for it
@@ -137,5 +137,5 @@ train: ## Run one training Job in ENV and wait for it
 validate-manifests: $(STAMP) ## Render every overlay and run the offline manifest tests
 	scripts/validate-manifests.sh
 
-test-e2e: $(STAMP) ## The cluster e2e test (needs kind-up, images, kind-load)
+test-e2e: $(STAMP) ## The cluster e2e test (needs kind-up, images)
 	E2E_CLUSTER=1 $(PY) -m pytest tests/e2e -m e2e
