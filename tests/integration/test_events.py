@@ -28,7 +28,6 @@ from pipelines.events.store import part_files, read_kind
 from tests.support.stack import (
     REPO_ROOT,
     Session,
-    registered_version,
     serve_only,
     train_two_versions,
     wait_for,
@@ -283,9 +282,9 @@ def test_features_build_events_gives_a_snapshot_that_train_accepts(
     assert (snapshot.path / "exposures.parquet").is_file()
     again = stack.run("pipelines.features", "build", "--events", env=env)
     assert "already exists" in again.stdout  # same events, same version
-    trained = stack.run("pipelines.train", env=env, check=False)
-    # accepted: fitted, evaluated and registered (the quality gate may judge so few clicks
-    # harshly: exit 9 is its verdict on the model, not a refusal of the data)
+    # one cheap model: training accepts the snapshot, fits, evaluates and registers; exit 9 is
+    # the quality gate's verdict on the model (popularity alone fails it), not on the data
+    trained = stack.run("pipelines.train", "--model", "popularity", env=env, check=False)
     assert trained.returncode in (0, 9), trained.stderr[-2000:]
     assert f"features {snapshot.version}" in trained.stderr
-    assert registered_version(trained.stdout) if trained.returncode == 0 else True
+    assert "no user has enough interactions" not in trained.stderr
