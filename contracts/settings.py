@@ -42,6 +42,10 @@ LOCAL_ROOT = EnvVar("LOCAL_ROOT", ".local", "local stack state")
 MLFLOW_PORT = EnvVar("MLFLOW_PORT", "5000", "local MLflow port")
 INGRESS_PORT = EnvVar("INGRESS_PORT", "8080", "local ingress port")
 SANDBOX_PORT = EnvVar("SANDBOX_PORT", "8090", "local TMDB sandbox port")
+EVENTS_PORT = EnvVar("EVENTS_PORT", "8070", "local event sink port")
+EVENTS_URL = EnvVar(
+    "EVENTS_URL", f"http://{LOOPBACK}:{EVENTS_PORT.default}", "event sink the ingress logs to"
+)
 MLFLOW_TRACKING_URI = EnvVar(
     "MLFLOW_TRACKING_URI", f"http://{LOOPBACK}:{MLFLOW_PORT.default}", "MLflow server"
 )

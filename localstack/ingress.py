@@ -13,10 +13,14 @@ path                                        method   answer
 ``/v1/models/<name>``                       GET      a revision's answer (V1 model readiness)
 ``/v2/models/<name>/infer``                 POST     a revision's answer (V2 inference)
 ``/v2/models/<name>``, ``…/ready``          GET      a revision's answer (V2 metadata, readiness)
+``/events/feedback``                        POST     the event sink's answer (the page's
+                                                     impressions and clicks)
 ``/config.json``                            GET      the page's runtime configuration
 ``/healthz``                                GET      the ingress is up
 ``/__local/status``                         GET      the controller's status; only to a client
                                                      on loopback naming a loopback ``Host``
+``/__local/metrics``                        GET      the prediction log's counters (Prometheus
+                                                     text); loopback only, as ``/__local/status``
 ``/``, ``/<file>``                          GET      the page (unknown paths: ``index.html``)
 =========================================== ======== ==========================================
 
@@ -35,6 +39,12 @@ A body over ``--max-request-bytes`` (``MAX_REQUEST_BYTES``, 1 MiB) is refused wi
 it is read whole. Every response carries the page's security headers (`security_headers`: a
 Content-Security-Policy allowing images from the poster base URL only, ``nosniff``,
 ``X-Frame-Options: DENY``, ``Referrer-Policy: no-referrer``), as the cluster's nginx sends.
+
+Prediction log (``--events-url``, ``EVENTS_URL``): every proxied request gets a fresh id (uuid4
+hex) sent upstream and returned to the client as ``X-Request-Id``; for a V1/V2 inference the
+ingress emits a request and (for a 200) a response CloudEvent with that id as KServe's payload
+logger does (`localstack.events`), asynchronously, through a bounded queue: logging never delays
+or fails a prediction, and what it drops is counted on ``/__local/metrics``.
 """
 
 from __future__ import annotations
@@ -44,8 +54,10 @@ import contextlib
 import json
 import logging
 import re
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import unquote, urlsplit
@@ -54,7 +66,9 @@ import aiohttp
 import typer
 from aiohttp import web
 
+from contracts import events as ev
 from contracts.settings import (
+    EVENTS_URL,
     INGRESS_PORT,
     LOCAL_ROOT,
     LOOPBACK,
@@ -62,12 +76,13 @@ from contracts.settings import (
     MLFLOW_TRACKING_URI,
 )
 from localstack.controller import Controller
+from localstack.events import EventEmitter
 
 log = logging.getLogger(__name__)
 
 _HOP_HEADERS = {"host", "content-length", "connection", "keep-alive", "transfer-encoding"}
 _UPSTREAM_DROPPED = _HOP_HEADERS | {"server", "date"}
-_API_PREFIXES = ("/v1/", "/v2/", "/__local/", "/metrics")
+_API_PREFIXES = ("/v1/", "/v2/", "/__local/", "/metrics", "/events/")
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 DEFAULT_TAG_DOMAIN = ".local"
 SERVER_NAME = "movie-mlops-ingress"  # no version, as nginx's `server_tokens off`
@@ -217,11 +232,17 @@ def build_app(
     poster_base_url: str,
     max_request_bytes: int = int(MAX_REQUEST_BYTES.default),
     tag_domain: str = DEFAULT_TAG_DOMAIN,
+    events_url: str | None = None,
 ) -> web.Application:
     headers = security_headers(poster_base_url)  # ValueError for a bad URL: refuse to start
     app = web.Application(client_max_size=max_request_bytes)
     session_key = web.AppKey("session", aiohttp.ClientSession)
     controller_task_key = web.AppKey("controller", asyncio.Task)
+    emitter = (
+        EventEmitter(events_url, inference_service=controller.isvc_name, source="ingress")
+        if events_url
+        else None
+    )
 
     async def on_startup(app: web.Application) -> None:
         app[session_key] = aiohttp.ClientSession(
@@ -230,11 +251,15 @@ def build_app(
             auto_decompress=False,
         )
         app[controller_task_key] = asyncio.create_task(controller.run())
+        if emitter is not None:
+            await emitter.start()
 
     async def on_cleanup(app: web.Application) -> None:
         app[controller_task_key].cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await app[controller_task_key]
+        if emitter is not None:
+            await emitter.stop()
         await app[session_key].close()
         controller.shutdown()
 
@@ -247,7 +272,14 @@ def build_app(
             body = await _read_body(request, max_request_bytes)
         except BodyTooLarge:
             return _too_large(max_request_bytes)
-        forwarded = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        arrived = datetime.now(UTC)
+        request_id = uuid.uuid4().hex  # fresh, whatever the client sent: ids are ours
+        forwarded = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() not in _HOP_HEADERS and k.lower() != ev.REQUEST_ID_HEADER.lower()
+        }
+        forwarded[ev.REQUEST_ID_HEADER] = request_id
         host = tag_host(request.host, tag_domain)
         tried: set[str] = set()
         while True:
@@ -278,7 +310,43 @@ def build_app(
             except aiohttp.ClientError as err:
                 return _json_error(502, f"revision {revision.name} did not answer: {err}")
         out["X-Revision"] = revision.name
+        out[ev.REQUEST_ID_HEADER] = request_id
+        if emitter is not None and request.method == "POST":
+            log_prediction(emitter, request, request_id, body, arrived, revision.name,
+                           upstream.status, payload)  # fmt: skip
         return web.Response(status=upstream.status, body=payload, headers=out)
+
+    async def forward_feedback(request: web.Request) -> web.StreamResponse:
+        """``POST /events/feedback`` to the sink, as the front end's nginx does in the cluster."""
+        if events_url is None:
+            return _not_found()
+        try:
+            body = await _read_body(request, max_request_bytes)
+        except BodyTooLarge:
+            return _too_large(max_request_bytes)
+        upstream_headers = {
+            "Content-Type": request.headers.get("Content-Type", "application/json"),
+            "X-Forwarded-For": request.remote or "",
+        }
+        try:
+            async with request.app[session_key].post(
+                f"{events_url.rstrip('/')}{ev.FEEDBACK_PATH}",
+                data=body,
+                headers=upstream_headers,
+                timeout=aiohttp.ClientTimeout(total=5),
+            ) as upstream:
+                payload = await upstream.read()
+                kept = {"Content-Type", "Retry-After"}
+                out = {k: v for k, v in upstream.headers.items() if k in kept}
+                return web.Response(status=upstream.status, body=payload, headers=out)
+        except (aiohttp.ClientError, TimeoutError) as err:
+            return _json_error(503, f"the event sink did not answer: {err}")
+
+    async def local_metrics(request: web.Request) -> web.Response:
+        if not on_loopback(request):
+            return _not_found()
+        text = emitter.prometheus_text() if emitter is not None else ""
+        return web.Response(text=text, content_type="text/plain")
 
     def on_loopback(request: web.Request) -> bool:
         host = request.host.rsplit(":", 1)[0].strip("[]").lower()
@@ -307,6 +375,8 @@ def build_app(
         ("GET", "/healthz"): lambda _: _ok(),
         ("GET", "/config.json"): lambda _: _config(poster_base_url, controller),
         ("GET", "/__local/status"): status,
+        ("GET", "/__local/metrics"): local_metrics,
+        ("POST", ev.FEEDBACK_PATH): forward_feedback,
     }
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
@@ -348,6 +418,25 @@ def build_app(
     return app
 
 
+def log_prediction(
+    emitter: EventEmitter,
+    request: web.Request,
+    request_id: str,
+    body: bytes,
+    arrived: datetime,
+    revision: str,
+    status: int,
+    payload: bytes,
+) -> None:
+    """Queue the request event and, for a 200 (as KServe's logger), the response event."""
+    content_type = request.headers.get("Content-Type", "application/json")
+    user_key = request.headers.get(ev.USER_ID_HEADER)
+    common = {"content_type": content_type, "endpoint": revision, "user_key": user_key}
+    emitter.emit(ev.CE_REQUEST_TYPE, request_id, body, occurred=arrived, **common)
+    if status == 200:
+        emitter.emit(ev.CE_RESPONSE_TYPE, request_id, payload, occurred=datetime.now(UTC), **common)
+
+
 async def _ok() -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -377,13 +466,22 @@ def main(
         str,
         typer.Option(help="Hosts ending in this may pin a revision with latest-/prev- tags."),
     ] = DEFAULT_TAG_DOMAIN,
+    events_url: Annotated[
+        str,
+        typer.Option(
+            envvar=EVENTS_URL.name, help="Event sink for the prediction log ('' turns it off)."
+        ),
+    ] = EVENTS_URL.default,
 ) -> None:
     """Serve the page and the inference routes; reconcile the local InferenceService."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     )
     controller = Controller(root, mlflow_url)
-    app = build_app(controller, frontend_dist, poster_base_url, max_request_bytes, tag_domain)
+    app = build_app(
+        controller, frontend_dist, poster_base_url, max_request_bytes, tag_domain,
+        events_url or None,
+    )  # fmt: skip
     web.run_app(app, host=host, port=port, print=None, access_log=None)
 
 

@@ -1,16 +1,18 @@
 """The one-machine twin of the cluster: MLflow, the TMDB sandbox and the ingress/controller.
 
-``make up`` starts three background processes, all bound to 127.0.0.1:
+``make up`` starts four background processes, all bound to 127.0.0.1:
 
 | service  | cluster twin                                  | default address          |
 |----------|-----------------------------------------------|--------------------------|
 | mlflow   | the MLflow Deployment (sqlite + artefact PVC) | http://127.0.0.1:5000    |
 | sandbox  | the dev overlay's in-cluster TMDB sandbox     | http://127.0.0.1:8090/3  |
+| events   | the ``event-sink`` Deployment (prediction log) | http://127.0.0.1:8070    |
 | ingress  | Knative ingress + KServe controller           | http://127.0.0.1:8080    |
 
 State lives under ``.local/`` (``LOCAL_ROOT``): ``mlflow/`` (database and the artefact store that
 plays the ``mlflow-artifacts`` PVC), ``run/`` (pid files), ``logs/``, ``stack/`` (the local
-InferenceService and its status). ``make down`` stops everything; the state stays.
+InferenceService and its status). The event sink writes under ``DATA_DIR/events/``. ``make down``
+stops everything; the state stays.
 """
 
 from __future__ import annotations
@@ -26,7 +28,15 @@ from pathlib import Path
 
 from contracts import credentials
 from contracts.layout import StackLayout
-from contracts.settings import INGRESS_PORT, LOCAL_ROOT, LOOPBACK, MLFLOW_PORT, SANDBOX_PORT
+from contracts.settings import (
+    DATA_DIR,
+    EVENTS_PORT,
+    INGRESS_PORT,
+    LOCAL_ROOT,
+    LOOPBACK,
+    MLFLOW_PORT,
+    SANDBOX_PORT,
+)
 from localstack.processes import (
     ProcessError,
     pid_alive,
@@ -38,7 +48,8 @@ from localstack.processes import (
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("mlflow", "sandbox", "ingress")
+# started in this order, stopped in the reverse: the sink outlives the ingress that logs to it
+SERVICES = ("mlflow", "sandbox", "events", "ingress")
 SANDBOX_TOKEN = "sandbox-token"  # the sandbox's own fake credential, not a secret
 
 
@@ -51,7 +62,9 @@ class StackSettings:
     mlflow_port: int = int(MLFLOW_PORT.default)
     sandbox_port: int = int(SANDBOX_PORT.default)
     ingress_port: int = int(INGRESS_PORT.default)
+    events_port: int = int(EVENTS_PORT.default)
     frontend_dist: Path = Path("frontend/dist")
+    data_dir: Path = DATA_DIR.default_path  # the event sink writes DATA_DIR/events/
 
     @property
     def layout(self) -> StackLayout:
@@ -95,6 +108,10 @@ class StackSettings:
     def ingress_url(self) -> str:
         return f"http://{self.host}:{self.ingress_port}"
 
+    @property
+    def events_url(self) -> str:
+        return f"http://{self.host}:{self.events_port}"
+
     @classmethod
     def from_env(cls) -> StackSettings:
         return cls(
@@ -102,6 +119,8 @@ class StackSettings:
             mlflow_port=int(MLFLOW_PORT.get()),
             sandbox_port=int(SANDBOX_PORT.get()),
             ingress_port=int(INGRESS_PORT.get()),
+            events_port=int(EVENTS_PORT.get()),
+            data_dir=DATA_DIR.path(),
         )
 
 
@@ -160,8 +179,17 @@ def _argv(settings: StackSettings, name: str) -> tuple[list[str], dict[str, str]
             "--mlflow-url", settings.mlflow_url,
             "--poster-base-url", f"http://{settings.host}:{settings.sandbox_port}/t/p",
             "--frontend-dist", str(settings.frontend_dist),
+            "--events-url", settings.events_url,
         ]  # fmt: skip
         return argv, {}, f"{settings.ingress_url}/healthz", 60.0
+    if name == "events":
+        argv = [
+            py, "-m", "pipelines.events", "serve",
+            "--host", settings.host,
+            "--port", str(settings.events_port),
+            "--data-dir", str(settings.data_dir),
+        ]  # fmt: skip
+        return argv, {}, f"{settings.events_url}/healthz", 60.0
     raise ValueError(f"unknown service {name!r}")
 
 
@@ -220,6 +248,7 @@ def _port(settings: StackSettings, name: str) -> int:
         "mlflow": settings.mlflow_port,
         "sandbox": settings.sandbox_port,
         "ingress": settings.ingress_port,
+        "events": settings.events_port,
     }[name]
 
 
@@ -270,6 +299,7 @@ def up(settings: StackSettings) -> dict[str, str]:
         "mlflow": settings.mlflow_url,
         "tmdb sandbox": settings.sandbox_url,
         "ingress (page + predict)": settings.ingress_url,
+        "event sink": settings.events_url,
     }
 
 

@@ -71,7 +71,9 @@ def local_stack(root: Path) -> Iterator[Session]:
         mlflow_port=free_port(),
         sandbox_port=free_port(),
         ingress_port=free_port(),
+        events_port=free_port(),
         frontend_dist=REPO_ROOT / "frontend" / "dist",
+        data_dir=root / "data",
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TMDB_", "MLFLOW_"))}
     env.update(
@@ -80,6 +82,8 @@ def local_stack(root: Path) -> Iterator[Session]:
         MLFLOW_PORT=str(settings.mlflow_port),
         INGRESS_PORT=str(settings.ingress_port),
         SANDBOX_PORT=str(settings.sandbox_port),
+        EVENTS_PORT=str(settings.events_port),
+        EVENTS_URL=settings.events_url,
         MLFLOW_TRACKING_URI=settings.mlflow_url,
         TMDB_BASE_URL=settings.sandbox_url,
         TMDB_ACCESS_TOKEN="sandbox-token",

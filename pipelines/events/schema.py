@@ -1,0 +1,240 @@
+"""What the sink accepts and what it stores: CloudEvent headers, feedback bodies, Parquet rows.
+
+Prediction events are KServe's payload-logger CloudEvents in binary content mode (kserve
+``pkg/logger/worker.go`` and ``handler.go`` at v0.20.0): headers ``ce-specversion: 1.0``,
+``ce-id`` (the request's ``Ce-Id`` header or a fresh uuid; the request and the response event of
+one prediction share it), ``ce-type`` (``org.kubeflow.serving.inference.request`` /
+``.response``), ``ce-source`` (the agent's ``--source-uri``), ``ce-time``, the extensions
+``ce-inferenceservicename``, ``ce-namespace``, ``ce-component``, ``ce-endpoint`` (may be empty),
+``ce-metadata`` (JSON of the matched ``metadataHeaders``), ``ce-recordedtime`` and optionally
+``ce-annotations``; ``Content-Type`` is the inference request's own (also for the response
+event), the body is the payload. The logger sends a response event only for a 200.
+
+Stored columns (one Parquet schema per kind, `ARROW_SCHEMAS`) let a reader join feedback to the
+prediction by ``request_id`` and get the serving ``model_version``, the ``user_key`` and the
+``item_ids`` in the order served (position = index); the raw payload is kept as text too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from contracts import events as ev
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+_VERSION = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_USER = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+
+Text = Annotated[str, Field(max_length=512)]
+
+
+class CloudEventHeaders(BaseModel):
+    """The ``ce-*`` headers of one binary-mode CloudEvent from KServe's logger."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    specversion: Literal["1.0"]
+    id: Annotated[str, Field(pattern=_ID)]
+    type: Literal[
+        "org.kubeflow.serving.inference.request", "org.kubeflow.serving.inference.response"
+    ]
+    source: Annotated[str, Field(min_length=1, max_length=512)]
+    time: datetime | None = None
+    inferenceservicename: Text = ""
+    namespace: Text = ""
+    component: Text = ""
+    endpoint: Text = ""
+    metadata: Annotated[str, Field(max_length=8192)] = ""
+
+    @field_validator("time")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+    @property
+    def kind(self) -> str:
+        return ev.CE_TYPE_KIND[self.type]
+
+
+def cloud_event_headers(headers: Any) -> CloudEventHeaders:
+    """The ``ce-*`` headers of a request (case-insensitive), validated; `ValidationError`."""
+    found = {
+        key.lower()[len(ev.CE_HEADER_PREFIX) :]: value
+        for key, value in headers.items()
+        if key.lower().startswith(ev.CE_HEADER_PREFIX)
+    }
+    return CloudEventHeaders.model_validate(found)
+
+
+class FeedbackEvent(BaseModel):
+    """One thing a user did with a recommendation the page showed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    type: Literal["impression", "click"]
+    request_id: Annotated[str, Field(pattern=_ID)]
+    item_id: Annotated[int, Field(gt=0, lt=1 << 63)]
+    position: Annotated[int, Field(ge=0, le=1000)]
+    model_version: Annotated[str, Field(pattern=_VERSION)]
+    user_id: Annotated[str, Field(pattern=_USER)]
+
+
+class FeedbackBatch(BaseModel):
+    """The body of ``POST /events/feedback``: 1..100 events."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    events: Annotated[list[FeedbackEvent], Field(min_length=1, max_length=ev.MAX_FEEDBACK_EVENTS)]
+
+
+def describe(err: ValidationError) -> list[dict[str, str]]:
+    """Each failing field (``events[3].position``) and why, for a 4xx body."""
+    out = []
+    for e in err.errors(include_url=False, include_input=False):
+        field = ""
+        for part in e["loc"]:
+            field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
+        out.append({"field": field or "(body)", "error": e["msg"]})
+    return out
+
+
+# -- extraction from the V1 / V2 payloads -----------------------------------------------------
+
+
+def _int_list(values: Any, limit: int = 1000) -> list[int]:
+    if not isinstance(values, list):
+        return []
+    return [int(v) for v in values[:limit] if isinstance(v, int) and not isinstance(v, bool)]
+
+
+def _v2_tensor(doc: dict[str, Any], key: str, name: str) -> dict[str, Any] | None:
+    for tensor in doc.get(key) or []:
+        if isinstance(tensor, dict) and tensor.get("name") == name:
+            return tensor
+    return None
+
+
+def _scalar_text(value: Any) -> str | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | str) and len(str(value)) <= 128:
+        return str(value)
+    return None
+
+
+def extract(kind: str, body: bytes, metadata: str) -> dict[str, Any]:
+    """``model_version``, ``user_key``, ``item_ids``, ``instances`` from a prediction payload.
+
+    V1 request ``{"instances": [{"user_id": 42, ...}]}``: the user key of the first instance;
+    V1 response ``{"model_version": "3", "predictions": [{"content_ids": [...]}]}``: the first
+    prediction's ids; V2 the ``user_id`` input / ``content_ids`` output's first row. A user key in
+    the logger's metadata (the ``X-User-Id`` header) wins over the body's. What cannot be read is
+    left null: the raw payload is stored anyway.
+    """
+    out: dict[str, Any] = {"model_version": None, "user_key": None, "item_ids": None}
+    out["instances"] = None
+    try:
+        doc = json.loads(body) if body else None
+    except (ValueError, UnicodeDecodeError):
+        doc = None
+    if isinstance(doc, dict):
+        out["model_version"] = _scalar_text(doc.get("model_version"))
+        if kind == ev.REQUEST:
+            instances = doc.get("instances")
+            if isinstance(instances, list):
+                out["instances"] = len(instances)
+                if instances and isinstance(instances[0], dict):
+                    out["user_key"] = _scalar_text(instances[0].get("user_id"))
+            tensor = _v2_tensor(doc, "inputs", "user_id")
+            if tensor is not None:
+                data = tensor.get("data") or []
+                out["instances"] = len(data) if isinstance(data, list) else None
+                if isinstance(data, list) and data and data[0] != -1:
+                    out["user_key"] = _scalar_text(data[0])
+        else:
+            predictions = doc.get("predictions")
+            if isinstance(predictions, list):
+                out["instances"] = len(predictions)
+                if predictions and isinstance(predictions[0], dict):
+                    out["item_ids"] = _int_list(predictions[0].get("content_ids"))
+            tensor = _v2_tensor(doc, "outputs", "content_ids")
+            if tensor is not None:
+                shape = tensor.get("shape") or []
+                data = tensor.get("data") or []
+                width = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else len(data)
+                out["instances"] = shape[0] if shape and isinstance(shape[0], int) else None
+                out["item_ids"] = [i for i in _int_list(data[:width]) if i >= 0]
+    user = _metadata_user(metadata)
+    if user is not None:
+        out["user_key"] = user
+    return out
+
+
+def _metadata_user(metadata: str) -> str | None:
+    if not metadata:
+        return None
+    try:
+        doc = json.loads(metadata)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    for key, values in doc.items():
+        if key.lower() == ev.USER_ID_HEADER.lower() and isinstance(values, list) and values:
+            value = values[0]
+            if isinstance(value, str) and re.fullmatch(_USER, value):
+                return value
+    return None
+
+
+# -- what is stored --------------------------------------------------------------------------
+
+_TS = pa.timestamp("us", tz="UTC")
+
+PREDICTION_SCHEMA = pa.schema(
+    [
+        pa.field("request_id", pa.string(), nullable=False),  # ce-id
+        pa.field("type", pa.string(), nullable=False),  # request | response
+        pa.field("time", _TS),  # ce-time: when the request arrived / the response was made
+        pa.field("received_at", _TS, nullable=False),
+        pa.field("source", pa.string()),
+        pa.field("inference_service", pa.string()),
+        pa.field("namespace", pa.string()),
+        pa.field("component", pa.string()),
+        pa.field("endpoint", pa.string()),
+        pa.field("model_version", pa.string()),  # the response's; null on request events
+        pa.field("user_key", pa.string()),
+        pa.field("instances", pa.int64()),
+        pa.field("item_ids", pa.list_(pa.int64())),  # first prediction, best first
+        pa.field("content_type", pa.string()),
+        pa.field("metadata", pa.string()),
+        pa.field("payload", pa.string()),  # the raw body (UTF-8, replacement for bad bytes)
+    ]
+)
+
+FEEDBACK_SCHEMA = pa.schema(
+    [
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("type", pa.string(), nullable=False),  # impression | click
+        pa.field("item_id", pa.int64(), nullable=False),
+        pa.field("position", pa.int64(), nullable=False),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("received_at", _TS, nullable=False),
+    ]
+)
+
+ARROW_SCHEMAS = {
+    ev.REQUEST: PREDICTION_SCHEMA,
+    ev.RESPONSE: PREDICTION_SCHEMA,
+    ev.IMPRESSION: FEEDBACK_SCHEMA,
+    ev.CLICK: FEEDBACK_SCHEMA,
+}
