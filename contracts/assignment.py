@@ -1,7 +1,7 @@
 """Sticky assignment of users to the arms of a canary (A/B by user).
 
-During a canary every request that names a user (``X-User-Id``, else ``instances[0].user_id``
-of a V1 body) goes to the same arm for as long as the percent does not change:
+During a canary every request that names a user (the ``X-User-Id`` header,
+`contracts.events.USER_ID_HEADER`, else ``instances[0].user_id`` of a V1 body) goes to the same arm for as long as the percent does not change:
 
     bucket = bucket(user id)            # 0..99, a stable hash of the id
     canary  iff  bucket < percent       # is_canary
@@ -21,7 +21,6 @@ from __future__ import annotations
 from bisect import bisect_right
 
 ARM_HEADER = "X-Canary-Arm"  # response header during a canary: which arm answered
-USER_HEADER = "X-User-Id"  # request header: the assignment key (a user id or anon-<uuid>)
 CANARY, STABLE = "canary", "stable"
 # Knative's tags of the two arms (KServe names them so when canaryTrafficPercent is set); the
 # cluster's nginx sends the chosen one as the Knative-Serving-Tag request header
