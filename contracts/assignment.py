@@ -1,7 +1,8 @@
 """Sticky assignment of users to the arms of a canary (A/B by user).
 
 During a canary every request that names a user (the ``X-User-Id`` header,
-`contracts.events.USER_ID_HEADER`, else ``instances[0].user_id`` of a V1 body) goes to the same arm for as long as the percent does not change:
+`contracts.events.USER_ID_HEADER`, else ``instances[0].user_id`` of a V1 body) goes to the same
+arm for as long as the percent does not change:
 
     bucket = bucket(user id)            # 0..99, a stable hash of the id
     canary  iff  bucket < percent       # is_canary
@@ -66,4 +67,3 @@ def bucket(key: str) -> int:
 def is_canary(bucket: int, percent: int) -> bool:
     """Whether a user in ``bucket`` is on the canary arm when the canary has ``percent`` %."""
     return bucket < percent
-

@@ -6,8 +6,8 @@ a real predictor process. Checked: the page's security headers on every response
 policy as the local ingress sends), no version in ``Server``, the inference routes reach the
 predictor and nothing else of it does, a body over 1 MiB is refused, and during a canary each
 X-User-Id is sent to Knative with the arm (Knative-Serving-Tag) that contracts/assignment.py
-computes for it (a server in the test plays Knative and answers with the tag it received). Skipped where nginx is
-not installed (``make tools`` installs it as root).
+computes for it (a server in the test plays Knative and answers with the tag it received).
+Skipped where nginx is not installed (``make tools`` installs it as root).
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def nginx(predictor: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 class _Knative(http.server.BaseHTTPRequestHandler):
     """Plays Knative's ingress for the arm test: answers with the Knative-Serving-Tag it got."""
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         body = json.dumps({"tag": self.headers.get("Knative-Serving-Tag")}).encode()
         self.send_response(200)

@@ -92,7 +92,7 @@ def test_without_a_canary_there_is_no_arm() -> None:
     routing = Routing(traffic=[(only, 100)], tags={"latest": only})
     assert routing.canary() is None and routing.arm_name(only) is None
     assert routing.choose("", key="user-1") is only
-    rolled_back, stable, canary = _canary_routing(0)
+    rolled_back, stable, _ = _canary_routing(0)
     assert rolled_back.canary() is None
     assert {rolled_back.choose("", key=f"u{i}").name for i in range(100)} == {stable.name}
 
