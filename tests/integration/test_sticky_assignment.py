@@ -15,7 +15,8 @@ import requests
 from contracts.assignment import bucket, is_canary
 from tests.support.stack import Session, serve_only, train_two_versions
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# the first test of a module trains the session's two versions when no earlier module did
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
 USERS = [f"user-{i}" for i in range(120)] + [f"anon-{uuid.UUID(int=i)}" for i in range(120)]
 
@@ -38,10 +39,14 @@ def _arms(stack: Session, users: list[str], repeats: int) -> dict[str, set[tuple
     return seen
 
 
+@pytest.fixture(scope="module")
+def versions(stack: Session) -> dict[str, str]:
+    return train_two_versions(stack)
+
+
 def test_each_user_keeps_one_arm_and_raising_the_percent_only_moves_users_into_the_canary(
-    stack: Session,
+    stack: Session, versions: dict[str, str]
 ) -> None:
-    versions = train_two_versions(stack)
     first, second = versions["first"], versions["second"]
     serve_only(stack, first)
     assert "X-Canary-Arm" not in stack.predict([{"user_id": 1}]).headers  # no canary, no arm
@@ -69,9 +74,8 @@ def test_each_user_keeps_one_arm_and_raising_the_percent_only_moves_users_into_t
 
 
 def test_simulated_users_click_through_the_ingress_and_the_counts_name_each_version(
-    stack: Session,
+    stack: Session, versions: dict[str, str]
 ) -> None:
-    versions = train_two_versions(stack)
     first, second = versions["first"], versions["second"]
     serve_only(stack, first)
     stack.run("pipelines.rollout", "canary", "--version", second, "--percent", "50")
