@@ -18,7 +18,7 @@ from tests.support.stack import Session, serve_only, train_two_versions
 # the first test of a module trains the session's two versions when no earlier module did
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
-USERS = [f"user-{i}" for i in range(120)] + [f"anon-{uuid.UUID(int=i)}" for i in range(120)]
+USERS = [f"user-{i}" for i in range(80)] + [f"anon-{uuid.UUID(int=i)}" for i in range(80)]
 
 
 def _arms(stack: Session, users: list[str], repeats: int) -> dict[str, set[tuple[str, ...]]]:
@@ -51,7 +51,7 @@ def test_each_user_keeps_one_arm_and_raising_the_percent_only_moves_users_into_t
     serve_only(stack, first)
     assert "X-Canary-Arm" not in stack.predict([{"user_id": 1}]).headers  # no canary, no arm
     stack.run("pipelines.rollout", "canary", "--version", second, "--percent", "10")
-    at10 = _arms(stack, USERS, repeats=3)
+    at10 = _arms(stack, USERS, repeats=2)
     assert all(len(served) == 1 for served in at10.values()), "a user changed arm at 10 %"
     arm10 = {u: next(iter(s)) for u, s in at10.items()}
     for user, (arm, _, version) in arm10.items():
@@ -81,7 +81,7 @@ def test_simulated_users_click_through_the_ingress_and_the_counts_name_each_vers
     stack.run("pipelines.rollout", "canary", "--version", second, "--percent", "50")
     proc = stack.run(
         "pipelines.traffic", "--ingress-url", stack.settings.ingress_url,
-        "--users", "40", "--requests", "80", "--duration", "60", "--seed", "3",
+        "--users", "30", "--requests", "60", "--duration", "60", "--seed", "3",
     )  # fmt: skip
     rows = {
         line.split()[0]: line.split()
@@ -92,7 +92,7 @@ def test_simulated_users_click_through_the_ingress_and_the_counts_name_each_vers
     requests_ = sum(int(r[1]) for r in rows.values())
     impressions = sum(int(r[2]) for r in rows.values())
     clicks = sum(int(r[3]) for r in rows.values())
-    assert requests_ == 80 and impressions > 0 and 0 < clicks < impressions, proc.stdout
+    assert requests_ == 60 and impressions > 0 and 0 < clicks < impressions, proc.stdout
     metrics = requests.get(f"{stack.settings.events_url}/metrics", timeout=5).text
     assert f'movie_mlops_feedback_total{{event="click",model_version="{second}"}}' in metrics or (
         f'movie_mlops_feedback_total{{event="click",model_version="{first}"}}' in metrics
