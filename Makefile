@@ -92,7 +92,7 @@ test-e2e-collect: $(STAMP)
 
 # -- one machine ----------------------------------------------------------------------------
 
-up: $(STAMP) $(DIST) ## Start the local stack in the background (MLflow :5000, ingress :8080, sandbox :8090)
+up: $(STAMP) $(DIST) ## Start the local stack in the background (MLflow :5000, ingress :8080, sandbox :8090, events :8070)
 	$(PY) -m localstack up
 
 down: $(STAMP) ## Stop the local stack

@@ -5,7 +5,10 @@ Data directory (``DATA_DIR``; a PVC at ``/data`` in the cluster)::
     raw/<id>/            movies.parquet, quarantine.jsonl, genres.json, manifest.json
     raw/latest           text file: the id of the current raw snapshot
     features/<version>/  catalog.parquet, interactions.parquet, rating_vs_watch.png, manifest.json
+                         (+ exposures.parquet when built with --events)
     features/latest
+    events/<kind>/date=YYYY-MM-DD/hour=HH/part-<uuid>.parquet   the prediction log and feedback
+                         (kind: request, response, impression, click; `contracts.events`)
 
 Every snapshot directory is immutable and holds a ``manifest.json`` (written last) with the
 SHA-256 of every file; ``latest`` is replaced atomically (`pipelines.snapshots` writes both).
@@ -28,6 +31,7 @@ RAW_GENRES = "genres.json"
 FEATURES_CATALOG = "catalog.parquet"
 FEATURES_INTERACTIONS = "interactions.parquet"
 FEATURES_PLOT = "rating_vs_watch.png"
+FEATURES_EXPOSURES = "exposures.parquet"  # only in snapshots built with --events
 
 
 def read_pointer(root: Path) -> str | None:

@@ -65,6 +65,7 @@ class StackSettings:
     events_port: int = int(EVENTS_PORT.default)
     frontend_dist: Path = Path("frontend/dist")
     data_dir: Path = DATA_DIR.default_path  # the event sink writes DATA_DIR/events/
+    log_predictions: bool = True  # False: the ingress logs nothing (`make bench` compares)
 
     @property
     def layout(self) -> StackLayout:
@@ -179,7 +180,7 @@ def _argv(settings: StackSettings, name: str) -> tuple[list[str], dict[str, str]
             "--mlflow-url", settings.mlflow_url,
             "--poster-base-url", f"http://{settings.host}:{settings.sandbox_port}/t/p",
             "--frontend-dist", str(settings.frontend_dist),
-            "--events-url", settings.events_url,
+            "--events-url", settings.events_url if settings.log_predictions else "",
         ]  # fmt: skip
         return argv, {}, f"{settings.ingress_url}/healthz", 60.0
     if name == "events":

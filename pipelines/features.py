@@ -8,6 +8,12 @@ rating-vs-watch-time plot and a manifest. Interactions come from the watch-log s
 ``timestamp``, or MovieLens' own files as distributed (``u.data``, ``ratings.dat``, ml-latest's
 ``ratings.csv``; detected, or named with ``--format``). A real log needs no TMDB snapshot.
 
+``--events`` adds what the page logged under ``DATA_DIR/events/`` (`pipelines.events.training`):
+clicks become interactions (positives), impressions without a click become ``exposures.parquet``.
+Alone it builds from the events only; with ``--interactions FILE`` or ``--simulate`` the clicks are
+added to that file's or the simulator's interactions. The manifest's ``source.events`` names every
+event file read with its sha256.
+
 The version is a digest of the inputs (source snapshot, input file, generator parameters, seed and
 this module's schema version): building the same inputs twice gives the same version and
 byte-identical files, and the second build only moves ``latest``. ``list`` shows the snapshots
@@ -125,6 +131,12 @@ class FeatureSettings:
     interactions_file: Path | None = None
     interactions_format: LogFormat = LogFormat.AUTO
     simulator: SimulatorParams = field(default_factory=SimulatorParams)
+    events: bool = False  # add the logged clicks (DATA_DIR/events)
+    simulate: bool = False  # with events: the simulator's interactions too
+
+    @property
+    def uses_simulator(self) -> bool:
+        return self.interactions_file is None and (not self.events or self.simulate)
 
 
 @dataclass(frozen=True)
@@ -479,7 +491,7 @@ def build_features(settings: FeatureSettings) -> FeatureResult:
 
     raw_dir: Path | None = None
     raw_manifest: dict[str, Any] | None = None
-    if settings.raw_snapshot is not None or settings.interactions_file is None:
+    if settings.raw_snapshot is not None or settings.uses_simulator:
         raw_dir = raw_store.resolve(settings.raw_snapshot)
     elif raw_store.latest_id() is not None:
         raw_dir = raw_store.resolve(None)
@@ -507,7 +519,14 @@ def build_features(settings: FeatureSettings) -> FeatureResult:
         inputs["generator"] = None
     else:
         inputs["interactions_file"] = None
-        inputs["generator"] = settings.simulator.as_dict()
+        inputs["generator"] = settings.simulator.as_dict() if settings.uses_simulator else None
+    logged = None
+    if settings.events:
+        from pipelines.events.training import event_tables
+
+        logged = event_tables(settings.data_dir)
+        inputs["events"] = {"files": logged.files}  # (absent without --events: same versions)
+        log.info("events: %s", ", ".join(f"{n} {k}" for k, n in logged.counts.items()))
     version = _version_of(inputs)
     if store.exists(version):
         try:
@@ -524,6 +543,8 @@ def build_features(settings: FeatureSettings) -> FeatureResult:
     catalog = catalog_from_raw(raw_dir) if raw_dir is not None else None
     if settings.interactions_file is not None:
         interactions = read_interactions(settings.interactions_file, log_format)
+    elif not settings.uses_simulator:
+        interactions = pd.DataFrame(columns=INTERACTION_COLUMNS)
     else:
         if catalog is None:  # unreachable: without a log, a raw snapshot was resolved above
             raise SnapshotNotFoundError("the simulator needs a raw snapshot; run the crawl first")
@@ -535,6 +556,8 @@ def build_features(settings: FeatureSettings) -> FeatureResult:
 
         interactions = simulate(catalog, settings.simulator, _anchor(raw_manifest), progress)
         validate_interactions(interactions, source="simulator")
+    if logged is not None:
+        interactions = _with_clicks(interactions, logged.interactions)
     catalog = _complete_catalog(catalog, interactions)
     try:
         CATALOG_SCHEMA.validate(catalog, lazy=True)
@@ -544,6 +567,8 @@ def build_features(settings: FeatureSettings) -> FeatureResult:
         ) from err
 
     rows = {"catalog": len(catalog), "interactions": len(interactions)}
+    if logged is not None:
+        rows["exposures"] = len(logged.exposures)
     manifest = {
         "kind": "features",
         "version": version,
@@ -568,12 +593,29 @@ def build_features(settings: FeatureSettings) -> FeatureResult:
         layout.FEATURES_INTERACTIONS: _parquet_bytes(interactions),
         layout.FEATURES_PLOT: plot_rating_vs_watch(interactions),
     }
+    if logged is not None:
+        files[layout.FEATURES_EXPOSURES] = _parquet_bytes(logged.exposures)
     with store.staging(version) as staging:
         store.write_files(staging, files)
         published = store.publish(staging, version, manifest)
     if not published.created:
         log.info("feature snapshot %s was published meanwhile by another build", version)
     return FeatureResult(version, published.path, created=published.created, rows=rows)
+
+
+def _with_clicks(base: pd.DataFrame, clicks: pd.DataFrame) -> pd.DataFrame:
+    """``base`` plus the logged clicks, validated; a click equal to a base row is kept once."""
+    if clicks.empty and base.empty:
+        raise InputValidationError(
+            "no clicks were logged yet (impressions alone are exposure, not interactions): "
+            "nothing to train on; add --simulate or --interactions FILE, or wait for clicks"
+        )
+    parts = [frame for frame in (base, clicks) if not frame.empty]
+    merged = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    merged = merged.drop_duplicates(["user_id", "content_id", "timestamp"], keep="first")
+    merged = merged.reset_index(drop=True)[INTERACTION_COLUMNS]
+    validate_interactions(merged, source="events")
+    return merged
 
 
 def _parquet_bytes(frame: pd.DataFrame) -> bytes:
@@ -675,6 +717,17 @@ def build(
     mean_items: Annotated[
         float, typer.Option("--mean-items", min=1.0, help="Mean films per simulated user.")
     ] = 25.0,
+    events: Annotated[
+        bool,
+        typer.Option(
+            "--events",
+            help="Add the logged clicks (DATA_DIR/events) as interactions; impressions without "
+            "a click go to exposures.parquet. Alone: events only.",
+        ),
+    ] = False,
+    simulate: Annotated[
+        bool, typer.Option("--simulate", help="With --events: add the simulator's interactions.")
+    ] = False,
     verbose: Verbose = False,
 ) -> None:
     """Build a feature snapshot from the latest raw snapshot (or a real log) and publish it."""
@@ -685,7 +738,15 @@ def build(
         interactions_file=interactions,
         interactions_format=log_format,
         simulator=SimulatorParams(mode=mode, seed=seed, users=users, mean_items=mean_items),
+        events=events,
+        simulate=simulate,
     )
+    if simulate and not events:
+        typer.echo("error: --simulate only goes with --events (it is the default)", err=True)
+        raise typer.Exit(code=ConfigError.exit_code)
+    if simulate and interactions is not None:
+        typer.echo("error: --simulate and --interactions exclude each other", err=True)
+        raise typer.Exit(code=ConfigError.exit_code)
     result = cli.run(lambda: build_features(settings))
     state = "published" if result.created else "already exists (same inputs), unchanged"
     typer.echo(

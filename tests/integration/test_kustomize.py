@@ -78,6 +78,7 @@ def test_commands_were_found():
         "python -m pipelines.rollout",
         "python -m model_server",
         "python -m tmdb_sandbox",
+        "python -m pipelines.events",
     } <= modules
     assert any(cmd[:2] == ("mlflow", "server") for cmd in _commands())
 

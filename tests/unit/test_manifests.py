@@ -295,7 +295,7 @@ def test_pvc_names_agree_between_writers_and_readers(overlay):
                 claim = vol["persistentVolumeClaim"]["claimName"]
                 claimed.setdefault(claim, set()).add(obj["metadata"]["name"])
     assert set(claimed) <= pvcs, f"claims without a PVC: {set(claimed) - pvcs}"
-    assert {"crawl", "features", "train"} <= claimed["pipeline-data"]
+    assert {"crawl", "features", "train", "event-sink"} <= claimed["pipeline-data"]
     assert claimed["mlflow-artifacts"] == {"mlflow"}
     isvc = by_kind(objs, "InferenceService")["movie-recommender"]
     uri = {e["name"]: e.get("value") for e in isvc["spec"]["predictor"]["containers"][0]["env"]}[
@@ -486,3 +486,65 @@ def test_third_party_env_readers_exist():
     )
     for name in ("MLFLOW_SERVER_ALLOWED_HOSTS", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"):
         assert name in mlflow_src, f"mlflow no longer reads {name}"
+
+
+def test_the_predictor_logs_to_the_event_sink_which_writes_to_the_data_pvc(overlay):
+    env, objs = overlay
+    predictor = by_kind(objs, "InferenceService")["movie-recommender"]["spec"]["predictor"]
+    logger = predictor["logger"]
+    service = by_kind(objs, "Service")["event-sink"]
+    (port,) = service["spec"]["ports"]
+    # KServe's payload logger: requests and responses, to the sink's Service by its FQDN
+    assert logger["mode"] == "all"
+    assert logger["url"] == f"http://event-sink.{NAMESPACES[env]}.svc.cluster.local:{port['port']}/"
+    assert logger["metadataHeaders"] == ["X-User-Id"]
+    sink = by_kind(objs, "Deployment")["event-sink"]
+    assert sink["spec"]["replicas"] == 1 and sink["spec"]["strategy"]["type"] == "Recreate"
+    template = sink["spec"]["template"]
+    assert service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+    (c,) = template["spec"]["containers"]
+    assert c["command"] == ["python", "-m", "pipelines.events"] and c["args"][0] == "serve"
+    assert {p["name"]: p["containerPort"] for p in c["ports"]}[port["targetPort"]] == 8080
+    assert {e["name"]: e.get("value") for e in c["env"]}["DATA_DIR"] == "/data"
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in template["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert [(mounts[name], claim) for name, claim in claims.items()] == [("/data", "pipeline-data")]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"]["path"] == "/healthz"
+
+
+def _allows(rules: list[dict[str, Any]], direction: str, selector: dict[str, str], port: int):
+    """Whether one of ``rules`` lets pods matching ``selector`` through on TCP ``port``."""
+    for rule in rules:
+        peers = rule.get(direction, [])
+        ports = {p["port"] for p in rule.get("ports", [])}
+        if ports and port not in ports:
+            continue
+        if not peers or any(
+            "podSelector" in peer
+            and "namespaceSelector" not in peer
+            and peer["podSelector"].get("matchLabels", {}).items() <= selector.items()
+            for peer in peers
+        ):
+            return True
+    return False
+
+
+def test_network_policies_let_the_predictor_and_front_end_reach_the_event_sink():
+    for env in ("staging", "prod"):
+        netpols = by_kind(_render(env), "NetworkPolicy")
+        predictor = {"serving.kserve.io/inferenceservice": "movie-recommender"}
+        frontend = {"app.kubernetes.io/name": "frontend"}
+        sink = {"app.kubernetes.io/name": "event-sink"}
+        ingress = netpols["event-sink-ingress"]["spec"]
+        assert ingress["podSelector"]["matchLabels"] == sink
+        for who in (predictor, frontend):
+            assert _allows(ingress["ingress"], "from", who, 8080), (env, who)
+        assert not _allows(ingress["ingress"], "from", {"app.kubernetes.io/name": "crawl"}, 8080)
+        assert _allows(netpols["predictor-egress"]["spec"]["egress"], "to", sink, 8080)
+        assert _allows(netpols["frontend"]["spec"]["egress"], "to", sink, 8080)
+        assert not _allows(netpols["train-egress"]["spec"]["egress"], "to", sink, 8080)
