@@ -96,7 +96,9 @@ def _canary_split(percent: int) -> str:
 
 
 @contextlib.contextmanager
-def _nginx(upstream: str, root: Path, canary_percent: int = 0) -> Iterator[str]:
+def _nginx(
+    upstream: str, root: Path, canary_percent: int = 0, events: str | None = None
+) -> Iterator[str]:
     """The rendered template in a real nginx on a free port, proxying to ``upstream``."""
     binary = shutil.which("nginx") or (
         "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
@@ -113,6 +115,7 @@ def _nginx(upstream: str, root: Path, canary_percent: int = 0) -> Iterator[str]:
             "POSTER_BASE_URL": POSTERS,
             "NGINX_LOCAL_RESOLVERS": "127.0.0.1",
             "CANARY_SPLIT": _canary_split(canary_percent),
+            "EVENTS_UPSTREAM": events or upstream,
         }
     )
     assert "listen 8080;" in site and "root /usr/share/nginx/html;" in site
@@ -153,7 +156,8 @@ class _Knative(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        body = json.dumps({"tag": self.headers.get("Knative-Serving-Tag")}).encode()
+        tag = self.headers.get("Knative-Serving-Tag")
+        body = json.dumps({"tag": tag, "path": self.path}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -200,7 +204,7 @@ def test_nginx_puts_each_user_on_the_arm_contracts_assignment_computes(
         assert arms == expected
         assert 0.15 < sum(arm == "canary" for _, arm in arms.values()) / len(users) < 0.35
     # no X-User-Id: Knative's own split; a client's own tag header never reaches Knative
-    assert anonymous.json() == {"tag": None}
+    assert anonymous.json()["tag"] is None
     assert "X-Canary-Arm" not in anonymous.headers
 
 
@@ -265,3 +269,19 @@ def test_the_inference_routes_reach_the_predictor_and_nothing_else_does(nginx: s
         assert "X-Model-Version" not in dict(response.getheaders()), (method, path)
         assert b"# HELP" not in body and b'"status"' not in body, (method, path)
         assert response.status in (200, 404), (method, path)  # 200: the page (SPA fallback)
+
+
+def test_the_page_s_feedback_reaches_the_event_sink_and_nothing_else_of_it(
+    knative: str, tmp_path: Path
+) -> None:
+    with _nginx(knative, tmp_path, events=knative) as url:
+        body = {"events": [{"type": "click", "request_id": "r", "item_id": 1, "position": 0,
+                            "model_version": "4", "user_id": "u"}]}  # fmt: skip
+        forwarded = requests.post(f"{url}/events/feedback", json=body, timeout=10)
+        other = requests.post(f"{url}/events", json=body, timeout=10)
+        read = requests.get(f"{url}/events/feedback", timeout=10)
+        large = requests.post(f"{url}/events/feedback", data=b" " * (100 << 10), timeout=10)
+    assert forwarded.status_code == 200 and forwarded.json()["path"] == "/events/feedback"
+    assert other.status_code in (404, 405) and "path" not in other.text
+    assert read.status_code == 403
+    assert large.status_code == 413
