@@ -11,7 +11,16 @@ import logging
 import sys
 import time
 
-SUITES = ["crawl", "features", "train", "large", "serving", "control_plane", "events"]
+SUITES = [
+    "crawl",
+    "features",
+    "train",
+    "large",
+    "serving",
+    "control_plane",
+    "events",
+    "assignment",
+]
 
 
 def main(argv: list[str]) -> int:

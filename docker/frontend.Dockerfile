@@ -19,6 +19,10 @@ ENV NGINX_ENTRYPOINT_LOCAL_RESOLVERS=1 \
     PREDICTOR_UPSTREAM=http://127.0.0.1:8081 \
     PREDICTOR_HOST=localhost \
     POSTER_BASE_URL=https://image.tmdb.org/t/p
+# CANARY_PERCENT -> CANARY_SPLIT (the sticky canary arms), sourced before the templates render
+ENV CANARY_PERCENT=0 \
+    EVENTS_UPSTREAM=http://127.0.0.1:8070
+COPY --chmod=0755 docker/frontend/canary-split.envsh /docker-entrypoint.d/16-canary-split.envsh
 COPY docker/frontend/default.conf.template /etc/nginx/templates/default.conf.template
 COPY --from=build /src/dist /usr/share/nginx/html
 USER 10001:10001

@@ -42,6 +42,7 @@ from typing import Any
 
 import aiohttp
 
+from contracts.assignment import CANARY, CANARY_TAG, STABLE, STABLE_TAG, bucket, is_canary
 from contracts.files import atomic_write_json, pid_alive
 from contracts.inferenceservice import (
     MODEL_DIGEST_ENV,
@@ -126,11 +127,19 @@ class Routing:
     traffic: list[tuple[Revision, int]] = field(default_factory=list)
     tags: dict[str, Revision] = field(default_factory=dict)
 
-    def choose(self, host: str, exclude: set[str] | None = None) -> Revision | None:
+    def choose(
+        self, host: str, exclude: set[str] | None = None, key: str | None = None
+    ) -> Revision | None:
+        """The revision for one request: a tag host's, the user's arm (``key``), or the split."""
         exclude = exclude or set()
         for tag, revision in self.tags.items():
             if host.startswith(f"{tag}-") and revision.ready and revision.name not in exclude:
                 return revision
+        if key is not None:
+            sticky = self.arm_of(key)
+            if sticky is not None and sticky[1].ready and sticky[1].name not in exclude:
+                return sticky[1]
+            # the user's arm is down: any other ready revision (stickiness never fails a request)
         live = [(r, p) for r, p in self.traffic if p > 0 and r.ready and r.name not in exclude]
         if not live:
             # a revision with 0 % that is ready still beats a 503 (e.g. the stable one is down)
@@ -143,6 +152,36 @@ class Routing:
             if pick <= 0:
                 return revision
         return live[-1][0]
+
+    def canary(self) -> tuple[Revision, Revision, int] | None:
+        """(canary, stable, canary percent) while a canary splits traffic, else None.
+
+        The canary is the revision tagged ``latest`` and the stable one the revision tagged
+        ``prev`` (the rolled-out one), as KServe tags them; both must carry traffic.
+        """
+        canary, stable = self.tags.get(CANARY_TAG), self.tags.get(STABLE_TAG)
+        shares = {id(r): p for r, p in self.traffic}
+        if canary is None or stable is None or canary is stable:
+            return None
+        percent, rest = shares.get(id(canary)), shares.get(id(stable))
+        if percent is None or rest is None or not 0 < percent < 100:
+            return None
+        return canary, stable, percent
+
+    def arm_of(self, key: str) -> tuple[str, Revision] | None:
+        """The arm (``canary``/``stable``) and revision of the user ``key`` during a canary."""
+        split = self.canary()
+        if split is None:
+            return None
+        canary, stable, percent = split
+        return (CANARY, canary) if is_canary(bucket(key), percent) else (STABLE, stable)
+
+    def arm_name(self, revision: Revision) -> str | None:
+        """``canary``/``stable`` for a revision that answered during a canary, else None."""
+        split = self.canary()
+        if split is None:
+            return None
+        return CANARY if revision is split[0] else STABLE if revision is split[1] else None
 
 
 def template_hash(predictor: dict[str, Any]) -> str:

@@ -32,8 +32,12 @@ reaches nothing. ``<name>`` must be the InferenceService's.
 A revision is chosen as Knative does: by the traffic split, or pinned by a tag (a ``Host``
 starting with ``latest-`` or ``prev-``) — tags only on the cluster-local domain (``Host``
 ending in ``--tag-domain``, ``.local``: ``latest-movie-recommender.local``), as Knative's tag
-routes are cluster-local; any other ``Host`` gets the split. A request whose connection a
-revision refused goes to another ready revision (nothing reached the dead one).
+routes are cluster-local; any other ``Host`` gets the split. During a canary a request with
+an assignment key (``X-User-Id``, else ``instances[0].user_id`` of a V1 body) is sticky: the
+canary iff `contracts.assignment.bucket` of the key is below the canary percent, else the
+stable revision — the cluster's nginx computes the same bucket — and the response says which
+arm answered (``X-Canary-Arm: canary|stable``). A request whose connection a revision refused,
+or whose arm is not ready, goes to another ready revision (stickiness never fails a request).
 
 A body over ``--max-request-bytes`` (``MAX_REQUEST_BYTES``, 1 MiB) is refused with 413 before
 it is read whole. Every response carries the page's security headers (`security_headers`: a
@@ -67,6 +71,7 @@ import typer
 from aiohttp import web
 
 from contracts import events as ev
+from contracts.assignment import ARM_HEADER
 from contracts.settings import (
     EVENTS_URL,
     INGRESS_PORT,
@@ -163,6 +168,26 @@ def security_headers(poster_base_url: str) -> dict[str, str]:
         "X-Frame-Options": "DENY",
         "Referrer-Policy": "no-referrer",
     }
+
+
+def assignment_key(user_header: str | None, body: bytes) -> str | None:
+    """The sticky-assignment key of a request: ``X-User-Id``, else ``instances[0].user_id``.
+
+    Only a V1 body with a user id gives a key (as text: ``42`` hashes as ``"42"``); anything
+    else — no body, not JSON, an anonymous history — gets the weighted random split.
+    """
+    if user_header:
+        return user_header
+    if not body or not body.lstrip().startswith(b"{"):
+        return None
+    try:
+        instances = json.loads(body).get("instances")
+        user_id = instances[0].get("user_id") if isinstance(instances, list) else None
+    except (ValueError, AttributeError, IndexError, TypeError):
+        return None
+    if isinstance(user_id, bool) or not isinstance(user_id, (int, str)) or user_id == "":
+        return None
+    return str(user_id)
 
 
 def tag_host(host: str, tag_domain: str) -> str:
@@ -281,9 +306,10 @@ def build_app(
         }
         forwarded[ev.REQUEST_ID_HEADER] = request_id
         host = tag_host(request.host, tag_domain)
+        key = assignment_key(request.headers.get(ev.USER_ID_HEADER), body)
         tried: set[str] = set()
         while True:
-            revision = controller.routing.choose(host, exclude=tried)
+            revision = controller.routing.choose(host, exclude=tried, key=key)
             if revision is None:
                 return _unavailable(controller, tried)
             try:
@@ -310,6 +336,9 @@ def build_app(
             except aiohttp.ClientError as err:
                 return _json_error(502, f"revision {revision.name} did not answer: {err}")
         out["X-Revision"] = revision.name
+        arm = controller.routing.arm_name(revision)
+        if arm is not None:
+            out[ARM_HEADER] = arm
         out[ev.REQUEST_ID_HEADER] = request_id
         if emitter is not None and request.method == "POST":
             log_prediction(emitter, request, request_id, body, arrived, revision.name,

@@ -135,6 +135,21 @@ def _genre_matrix(catalog: pd.DataFrame) -> np.ndarray:
     return mat
 
 
+def _draw_tastes(rng: np.random.Generator, users: int) -> np.ndarray:
+    return rng.dirichlet(np.full(len(TMDB_GENRE_IDS), 0.3), size=users)
+
+
+def user_tastes(params: SimulatorParams) -> np.ndarray:
+    """θ_u, the genre weights of the ``default`` mode's users (row u-1 is user u, over
+    `TMDB_GENRE_IDS`): the generator's first draw, so the same seed gives the same users."""
+    return _draw_tastes(np.random.default_rng(params.seed), params.users)
+
+
+def genre_vectors(catalog: pd.DataFrame) -> np.ndarray:
+    """g_i, each film's genre indicator normalised to sum 1 (rows in catalog order)."""
+    return _genre_matrix(catalog)
+
+
 def _simulate_default(
     catalog: pd.DataFrame,
     params: SimulatorParams,
@@ -148,7 +163,7 @@ def _simulate_default(
     quality = np.float32(0.3) * (catalog["vote_average"].to_numpy(dtype=np.float32) - 6.5)
     content_ids = catalog["content_id"].to_numpy(dtype=np.int64)
 
-    taste = rng.dirichlet(np.full(len(TMDB_GENRE_IDS), 0.3), size=params.users)
+    taste = _draw_tastes(rng, params.users)
     beta = np.clip(rng.normal(0.5, 0.25, size=params.users), 0.0, 1.2).astype(np.float32)
     activity = rng.lognormal(np.log(params.mean_items), 0.8, size=params.users)
     n_watch = np.clip(np.rint(activity), 1, min(300, n_items)).astype(np.int64)

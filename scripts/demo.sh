@@ -47,8 +47,8 @@ fi
 step "serve version $version through the ingress (KServe canary semantics)"
 if $PY -m pipelines.rollout status >/dev/null 2>&1; then
   $PY -m pipelines.rollout canary --version "$version"
-  step "traffic split while the canary runs (X-Model-Version of 200 requests)"
-  $PY -m localstack predict --user 1 --k 5 --repeat 200
+  step "simulated users during the canary: each stays on one arm (X-User-Id), clicks by taste"
+  $PY -m pipelines.traffic --users 100 --requests 300 --duration 30
   $PY -m pipelines.rollout promote
 else
   $PY -m pipelines.rollout canary --version "$version" # first rollout: 100 %

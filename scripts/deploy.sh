@@ -68,6 +68,8 @@ kubectl -n "$ns" rollout status deployment/mlflow --timeout=300s
 kubectl -n "$ns" wait --for=condition=complete job/mlflow-provision --timeout=300s \
   || die "job/mlflow-provision did not complete: kubectl -n $ns logs job/mlflow-provision"
 kubectl -n "$ns" rollout status deployment/frontend --timeout=180s
+# the manifest says CANARY_PERCENT=0; a canary that is running keeps its sticky arms
+set_canary_split "$ns" "$(canary_percent_of "$ns")"
 if kubectl -n "$ns" get deployment tmdb-sandbox >/dev/null 2>&1; then
   kubectl -n "$ns" rollout status deployment/tmdb-sandbox --timeout=180s
 fi

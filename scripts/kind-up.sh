@@ -114,8 +114,10 @@ kubectl -n knative-serving patch configmap/config-observability --type merge \
   -p '{"data":{"request-metrics-protocol":"prometheus"}}'
 # emptyDir for the predictor's writable /tmp (read-only root filesystem). Knative 1.21's key is
 # kubernetes.podspec-volumes-emptydir (knative/serving knative-v1.21.1 config/core/configmaps/features.yaml).
+# tag-header-based-routing: the front end's nginx pins each user to a canary arm with the
+# Knative-Serving-Tag header (latest|prev); an unknown tag gets the default split.
 kubectl -n knative-serving patch configmap/config-features --type merge \
-  -p '{"data":{"kubernetes.podspec-volumes-emptydir":"enabled"}}'
+  -p '{"data":{"kubernetes.podspec-volumes-emptydir":"enabled","tag-header-based-routing":"enabled"}}'
 
 info "KServe $KSERVE_VERSION"
 apply_asset "https://github.com/kserve/kserve/releases/download/$KSERVE_VERSION/kserve-crds.yaml" --server-side

@@ -107,6 +107,30 @@ wait_for_job() {
   die "job/$job did not finish within $timeout"
 }
 
+# set_canary_split NAMESPACE PERCENT: the front end's nginx pins each X-User-Id to a canary arm
+# (docker/frontend/canary-split.envsh); set its CANARY_PERCENT (0: no arms, Knative's split)
+# and wait until every frontend pod uses it. Nothing happens when it already has that value.
+set_canary_split() {
+  local ns="$1" percent="$2" current
+  current="$(kubectl -n "$ns" get deployment frontend \
+    -o jsonpath='{.spec.template.spec.containers[0].env[?(@.name=="CANARY_PERCENT")].value}')"
+  [[ "$current" == "$percent" ]] && return 0
+  info "front end: sticky canary arms at ${percent} %"
+  kubectl -n "$ns" set env deployment/frontend "CANARY_PERCENT=$percent" >/dev/null
+  kubectl -n "$ns" rollout status deployment/frontend --timeout=180s >/dev/null \
+    || die "deployment/frontend did not roll out with CANARY_PERCENT=$percent: kubectl -n $ns describe deployment/frontend"
+}
+
+# canary_percent_of NAMESPACE: the predictor's canaryTrafficPercent as sticky arms need it
+# (0 when no canary splits traffic: unset, 0 or 100).
+canary_percent_of() {
+  local percent
+  percent="$(kubectl -n "$1" get inferenceservice movie-recommender \
+    -o jsonpath='{.spec.predictor.canaryTrafficPercent}' 2>/dev/null || true)"
+  if [[ -z "$percent" || "$percent" == 100 ]]; then percent=0; fi
+  echo "$percent"
+}
+
 # A random URL-safe token (for generated credentials); never echo it.
 random_token() {
   python3 -c 'import secrets; print(secrets.token_urlsafe(24))'

@@ -11,6 +11,10 @@ shift
 [[ $# -gt 0 ]] || die "usage: $(basename "$0") ENV canary --version N --percent P | promote | rollback"
 need_kubectl
 ns="$(namespace_of "$env")"
+# Sticky arms follow the traffic: no arms while traffic moves (every request gets Knative's
+# split, so no user is pinned to an arm that is going away), then the arms of the new percent.
+set_canary_split "$ns" 0
+trap 'set_canary_split "$ns" "$(canary_percent_of "$ns")"' EXIT
 job="$(launch_from_cronjob "$ns" rollout "$@")"
 info "started job/$job in $ns"
 wait_for_job "$ns" "$job" 900s

@@ -202,9 +202,29 @@ describe('movie recommendations page', () => {
   });
 
   it('/?user= opens that user\'s recommendations directly', async () => {
+    // the page names the user on predict and reports the cards it showed (to the event sink)
+    const seen = { predict: [], feedback: [] };
+    const onRequest = (r) => {
+      if (r.url().includes(':predict')) seen.predict.push(r.headers()['x-user-id']);
+    };
+    const onResponse = (r) => {
+      if (r.url().endsWith('/events/feedback')) seen.feedback.push({ status: r.status(), body: r.request().postDataJSON() });
+    };
+    context.on('request', onRequest);
+    context.on('response', onResponse);
     const page = await openPage(`/?user=${USER_ID}${K_PARAM}`);
     const cards = await waitForHeading(page, `${K} recommendations for user ${USER_ID}`);
     await assertCards(cards);
+    const deadline = Date.now() + TIMEOUT_MS;
+    while (seen.feedback.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    context.off('request', onRequest);
+    context.off('response', onResponse);
+    assert.deepEqual([...new Set(seen.predict)], [USER_ID]);
+    assert.equal(seen.feedback.length, 1, 'one batch of impressions for the result set');
+    const [{ status, body }] = seen.feedback;
+    assert.ok(status >= 200 && status < 300, `the event sink accepted the impressions (HTTP ${status})`);
+    assert.equal(body.events.length, K);
+    assert.ok(body.events.every((e) => e.type === 'impression' && e.user_id === USER_ID && e.request_id));
     await assertVersionBadge(page);
     assert.ok(await page.getByRole('radio', { name: 'Known user' }).isChecked());
     assert.equal(await page.getByLabel('User id').inputValue(), USER_ID);

@@ -11,6 +11,7 @@
 import { createServer } from 'node:http';
 import { readFile } from 'node:fs/promises';
 import { extname, join, normalize, resolve } from 'node:path';
+import { randomUUID } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 
 export const STUB_MODEL_NAME = 'movie-recommender';
@@ -172,6 +173,10 @@ export async function startStubServer({
         res.writeHead(404);
         return res.end();
       }
+      if (url.pathname === '/events/feedback' && req.method === 'POST') {
+        await readBody(req); // the event sink's route: accepted, not kept
+        return sendJson(res, 202, { accepted: true });
+      }
       const predictMatch = /^\/v1\/models\/([^/]+):predict$/.exec(url.pathname);
       if (predictMatch) {
         if (req.method !== 'POST') return sendJson(res, 405, { error: 'use POST' });
@@ -198,7 +203,7 @@ export async function startStubServer({
           res,
           200,
           { model_name: STUB_MODEL_NAME, model_version: STUB_MODEL_VERSION, predictions },
-          { 'X-Model-Version': STUB_MODEL_VERSION },
+          { 'X-Model-Version': STUB_MODEL_VERSION, 'X-Request-Id': randomUUID().replaceAll('-', '') },
         );
       }
       // Static files from dist/, with index.html for anything else (SPA fallback).

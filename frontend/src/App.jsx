@@ -1,5 +1,6 @@
 import { useEffect, useId, useRef, useState } from 'react';
 import { DEFAULT_CONFIG, loadConfig, predict } from './api.js';
+import { anonymousId, feedbackEvents, sendFeedback, userKey } from './feedback.js';
 import { HistoryBar } from './components/HistoryBar.jsx';
 import { LinkProblem } from './components/LinkProblem.jsx';
 import { Results } from './components/Results.jsx';
@@ -35,6 +36,9 @@ export default function App() {
   // "Recommend" always refetches. With neither a user nor a history it is the popular movies.
   const [query, setQuery] = useState(initial.query);
   const [result, setResult] = useState({ status: 'loading', query: initial.query });
+  const [anonId] = useState(() => anonymousId());
+  // result sets whose impressions were sent (once each, also under StrictMode's double effects)
+  const reported = useRef(new WeakSet());
   const ids = useId();
 
   useEffect(() => {
@@ -49,11 +53,13 @@ export default function App() {
     if (!config) return undefined;
     const controller = new AbortController();
     setResult({ status: 'loading', query });
+    const user = userKey(query.userId, anonId);
     predict(
-      { modelName: config.modelName, k: query.k, userId: query.userId, history: query.history.map((m) => m.contentId) },
+      { modelName: config.modelName, k: query.k, userId: query.userId, history: query.history.map((m) => m.contentId), user },
       { signal: controller.signal },
     ).then(
-      (data) => {
+      (answer) => {
+        const data = { ...answer, user };
         for (const item of data.items) if (item.title) titles.current.set(item.contentId, item.title);
         setResult({ status: 'success', query, data });
       },
@@ -63,7 +69,27 @@ export default function App() {
       },
     );
     return () => controller.abort();
-  }, [query, config]);
+  }, [query, config, anonId]);
+
+  // Impressions: the cards of each result set on screen, in one batch, once.
+  useEffect(() => {
+    if (result.status !== 'success' || reported.current.has(result.data)) return;
+    reported.current.add(result.data);
+    const { data } = result;
+    const cards = data.items.map((item, position) => ({ contentId: item.contentId, position }));
+    const events = feedbackEvents('impression', data, data.user, cards);
+    if (events.length > 0) sendFeedback(events);
+  }, [result]);
+
+  /** A click on a card of the result set on screen (its poster, or "More like this"). */
+  function clicked(item) {
+    if (result.status !== 'success') return;
+    const { data } = result;
+    const position = data.items.findIndex((i) => i.contentId === item.contentId);
+    if (position < 0) return;
+    const events = feedbackEvents('click', data, data.user, [{ contentId: item.contentId, position }]);
+    if (events.length > 0) sendFeedback(events);
+  }
 
   // Back / forward: the address is the state, so restore the form and ask again.
   useEffect(() => {
@@ -128,6 +154,7 @@ export default function App() {
   }
 
   function moreLikeThis(item) {
+    clicked(item);
     const movie = { contentId: item.contentId, title: item.title ?? `Movie #${item.contentId}` };
     // From a known user's list this starts an anonymous history seeded with the movie.
     const base = mode === 'anonymous' ? history : [];
@@ -214,6 +241,7 @@ export default function App() {
           state={result}
           posterBaseUrl={(config ?? DEFAULT_CONFIG).posterBaseUrl}
           onMoreLikeThis={moreLikeThis}
+          onPosterClick={clicked}
           onRetry={() => setQuery({ ...query })}
         />
       </main>

@@ -157,17 +157,21 @@ export function predictInstance({ k, userId, history }) {
  * header). Rejects with `PredictError` whose message is fit to show the user; an aborted
  * request rejects with the fetch's own `AbortError`.
  *
- * @param {{modelName: string, k: number, userId?: number, history?: number[]}} query
+ * `user` (the assignment key: a user id or `anon-<uuid>`) is sent as `X-User-Id`, so a canary
+ * keeps this visitor on one arm; the answer's `X-Request-Id` comes back as `requestId` (what
+ * feedback joins to).
+ *
+ * @param {{modelName: string, k: number, userId?: number, history?: number[], user?: string}} query
  * @param {{fetch?: typeof fetch, signal?: AbortSignal}} [options]
  */
-export async function predict({ modelName, k, userId, history }, { fetch: fetchImpl = globalThis.fetch, signal } = {}) {
+export async function predict({ modelName, k, userId, history, user }, { fetch: fetchImpl = globalThis.fetch, signal } = {}) {
   const instance = predictInstance({ k, userId, history });
   const url = `/v1/models/${encodeURIComponent(modelName)}:predict`;
   let res;
   try {
     res = await fetchImpl(url, {
       method: 'POST',
-      headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
+      headers: { 'Content-Type': 'application/json', Accept: 'application/json', ...(user ? { 'X-User-Id': user } : {}) },
       body: JSON.stringify({ instances: [instance] }),
       signal,
     });
@@ -192,6 +196,7 @@ export async function predict({ modelName, k, userId, history }, { fetch: fetchI
   return {
     modelName: nonEmptyString(body.model_name) ?? modelName,
     modelVersion: bodyVersion ?? headerVersion,
+    requestId: nonEmptyString(res.headers?.get?.('X-Request-Id') ?? null),
     ...parsePrediction(body.predictions[0]),
   };
 }

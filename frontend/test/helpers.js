@@ -52,9 +52,10 @@ function refusal(instances) {
  *
  * @param {(init: RequestInit) => Response | Promise<Response>} onPredict
  */
-export function stubBackend(onPredict, { config = CONFIG } = {}) {
+export function stubBackend(onPredict, { config = CONFIG, onFeedback = () => jsonResponse({}, { status: 202 }) } = {}) {
   const fetchMock = vi.fn(async (url, init = {}) => {
     if (url === '/config.json') return config ? jsonResponse(config) : new Response('not found', { status: 404 });
+    if (url === '/events/feedback') return onFeedback(init);
     if (String(url).startsWith('/v1/models/')) {
       const refused = refusal(JSON.parse(init.body).instances);
       return refused ? jsonResponse({ error: refused }, { status: 400 }) : onPredict(init, url);
@@ -63,6 +64,11 @@ export function stubBackend(onPredict, { config = CONFIG } = {}) {
   });
   vi.stubGlobal('fetch', fetchMock);
   return fetchMock;
+}
+
+/** The feedback events the page posted, batch by batch. */
+export function feedbackCalls(fetchMock) {
+  return fetchMock.mock.calls.filter(([url]) => url === '/events/feedback').map(([, init]) => JSON.parse(init.body).events);
 }
 
 export function predictCalls(fetchMock) {

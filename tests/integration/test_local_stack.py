@@ -27,6 +27,7 @@ import requests
 
 from localstack.processes import free_port, spawn, stop_group, wait_healthy
 from tests.support.stack import (
+    UNKEYED,
     V2_BODY,
     Session,
     csp_directives,
@@ -240,9 +241,8 @@ def test_canary_splits_traffic_by_percent_and_tags_pin_revisions(
     served: Counter[str] = Counter()
     with requests.Session() as session:
         for _ in range(300):
-            response = session.post(
-                stack.predict_url, json={"instances": [{"user_id": 1}]}, timeout=10
-            )
+            # no user id (popular): the weighted split; a user id would keep one arm
+            response = session.post(stack.predict_url, json={"instances": [UNKEYED]}, timeout=10)
             assert response.status_code == 200
             served[response.headers["X-Model-Version"]] += 1
     assert set(served) == {first, second}
@@ -266,7 +266,7 @@ def test_canary_splits_traffic_by_percent_and_tags_pin_revisions(
     public: Counter[str] = Counter()
     for _ in range(60):
         headers = {"Host": "latest-movie-recommender.example.com"}
-        public[stack.predict([{"user_id": 1}], headers=headers).headers["X-Model-Version"]] += 1
+        public[stack.predict([UNKEYED], headers=headers).headers["X-Model-Version"]] += 1
     assert set(public) == {first, second}, public  # 0.7^60: never all on one side by chance
 
 

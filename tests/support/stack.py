@@ -135,8 +135,12 @@ def serve_only(stack: Session, version: str) -> None:
     assert served_versions(stack, 10) == {version}
 
 
+UNKEYED = {"popular": True, "k": 3}  # no user id: no sticky arm, the weighted random split
+
+
 def served_versions(stack: Session, n: int) -> set[str]:
-    return {stack.predict([{"user_id": 1}]).headers["X-Model-Version"] for _ in range(n)}
+    """Versions that answered ``n`` requests without an assignment key (the split's share)."""
+    return {stack.predict([UNKEYED]).headers["X-Model-Version"] for _ in range(n)}
 
 
 # -- observing a stack under faults --------------------------------------------------------------

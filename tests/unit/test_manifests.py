@@ -48,6 +48,8 @@ THIRD_PARTY_ENV = {
     "POD_NAMESPACE": "docker/frontend/default.conf.template (nginx envsubst)",
     "PREDICTOR_HOST": "docker/frontend/default.conf.template (nginx envsubst)",
     "PREDICTOR_UPSTREAM": "docker/frontend/default.conf.template (nginx envsubst)",
+    "CANARY_PERCENT": "docker/frontend/canary-split.envsh (nginx entrypoint)",
+    "EVENTS_UPSTREAM": "docker/frontend/default.conf.template (nginx envsubst)",
 }
 
 
@@ -472,8 +474,12 @@ def test_every_env_var_the_manifests_set_is_read_by_the_code(overlay):
 
 def test_third_party_env_readers_exist():
     template = (ROOT / "docker" / "frontend" / "default.conf.template").read_text(encoding="utf-8")
-    for name in ("PREDICTOR_HOST", "PREDICTOR_UPSTREAM"):
+    for name in ("PREDICTOR_HOST", "PREDICTOR_UPSTREAM", "CANARY_SPLIT", "EVENTS_UPSTREAM"):
         assert f"${{{name}}}" in template, name
+    envsh = (ROOT / "docker" / "frontend" / "canary-split.envsh").read_text(encoding="utf-8")
+    assert "CANARY_PERCENT" in envsh and "export CANARY_SPLIT" in envsh
+    dockerfile = (ROOT / "docker" / "frontend.Dockerfile").read_text(encoding="utf-8")
+    assert "/docker-entrypoint.d/16-canary-split.envsh" in dockerfile
     frontend = by_kind(_render("dev"), "Deployment")["frontend"]
     envs = {e["name"]: e for e in frontend["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert "$(POD_NAMESPACE)" in envs["PREDICTOR_HOST"]["value"]

@@ -8,11 +8,18 @@ export function formatScore(score) {
 }
 
 /** One recommended movie: poster, title, year, rating, score and "More like this". */
-export function MovieCard({ item, posterBaseUrl, onMoreLikeThis }) {
+export function MovieCard({ item, posterBaseUrl, onMoreLikeThis, onPosterClick }) {
   const title = item.title ?? `Movie #${item.contentId}`;
   return (
     <li className="card" data-content-id={item.contentId}>
-      <Poster posterBaseUrl={posterBaseUrl} posterPath={item.posterPath} title={title} contentId={item.contentId} />
+      {/* a click on the poster is recorded as interest (feedback); it changes nothing on screen */}
+      <Poster
+        posterBaseUrl={posterBaseUrl}
+        posterPath={item.posterPath}
+        title={title}
+        contentId={item.contentId}
+        onClick={onPosterClick ? () => onPosterClick(item) : undefined}
+      />
       <div className="card-body">
         <h3 className="card-title">{title}</h3>
         <p className="card-meta">

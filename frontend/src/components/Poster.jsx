@@ -10,14 +10,14 @@ function hueFor(contentId) {
  * The poster image, or a gradient placeholder carrying the title when there is no poster
  * path or the image fails to load (offline machine, TMDB path gone stale).
  */
-export function Poster({ posterBaseUrl, posterPath, title, contentId }) {
+export function Poster({ posterBaseUrl, posterPath, title, contentId, onClick }) {
   const src = posterUrl(posterBaseUrl, posterPath);
   const [failedSrc, setFailedSrc] = useState(null);
   const style = { '--hue': hueFor(contentId) };
 
   if (src && failedSrc !== src) {
     return (
-      <div className="poster" style={style}>
+      <div className="poster" style={style} onClick={onClick}>
         <img
           src={src}
           alt={`Poster of ${title}`}
@@ -31,7 +31,13 @@ export function Poster({ posterBaseUrl, posterPath, title, contentId }) {
     );
   }
   return (
-    <div className="poster poster-placeholder" style={style} role="img" aria-label={`${title} (no poster available)`}>
+    <div
+      className="poster poster-placeholder"
+      style={style}
+      role="img"
+      aria-label={`${title} (no poster available)`}
+      onClick={onClick}
+    >
       <span aria-hidden="true">{title}</span>
     </div>
   );

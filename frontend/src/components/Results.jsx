@@ -28,9 +28,10 @@ function PopularNote({ mode }) {
  * not a warning; an unknown user's fallback to the same list is.
  *
  * @param {{state: {status: string, query: any, data?: any, error?: string}, posterBaseUrl: string,
- *          onMoreLikeThis: (item: any) => void, onRetry: () => void}} props
+ *          onMoreLikeThis: (item: any) => void, onRetry: () => void,
+ *          onPosterClick?: (item: any) => void}} props
  */
-export function Results({ state, posterBaseUrl, onMoreLikeThis, onRetry }) {
+export function Results({ state, posterBaseUrl, onMoreLikeThis, onRetry, onPosterClick }) {
   if (state.status === 'loading') {
     return (
       <div aria-busy="true">
@@ -74,7 +75,13 @@ export function Results({ state, posterBaseUrl, onMoreLikeThis, onRetry }) {
       ) : (
         <ul className="grid" aria-label="Recommendations">
           {data.items.map((item) => (
-            <MovieCard key={item.contentId} item={item} posterBaseUrl={posterBaseUrl} onMoreLikeThis={onMoreLikeThis} />
+            <MovieCard
+              key={item.contentId}
+              item={item}
+              posterBaseUrl={posterBaseUrl}
+              onMoreLikeThis={onMoreLikeThis}
+              onPosterClick={onPosterClick}
+            />
           ))}
         </ul>
       )}
