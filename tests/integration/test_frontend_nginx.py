@@ -17,6 +17,7 @@ import http.client
 import http.server
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -157,7 +158,8 @@ class _Knative(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         tag = self.headers.get("Knative-Serving-Tag")
-        body = json.dumps({"tag": tag, "path": self.path}).encode()
+        ids = [self.headers.get("X-Request-Id"), self.headers.get("Ce-Id")]
+        body = json.dumps({"tag": tag, "path": self.path, "ids": ids}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -206,6 +208,25 @@ def test_nginx_puts_each_user_on_the_arm_contracts_assignment_computes(
     # no X-User-Id: Knative's own split; a client's own tag header never reaches Knative
     assert anonymous.json()["tag"] is None
     assert "X-Canary-Arm" not in anonymous.headers
+
+
+def test_nginx_gives_each_prediction_its_own_id_for_the_payload_logger_and_the_page(
+    knative: str, tmp_path: Path
+) -> None:
+    """KServe's logger takes the CloudEvent id from Ce-Id; the page reads X-Request-Id."""
+    spoofed = {"X-Request-Id": "chosen-by-client", "Ce-Id": "chosen-by-client"}
+    with _nginx(knative, tmp_path, canary_percent=0) as url, requests.Session() as http_:
+        predict = f"{url}/v1/models/{MODEL}:predict"
+        answers = [http_.post(predict, json={}, headers=spoofed, timeout=10) for _ in range(3)]
+        page = http_.get(f"{url}/", timeout=10)
+    seen = set()
+    for answer in answers:
+        request_id = answer.headers["X-Request-Id"]
+        assert re.fullmatch(r"[0-9a-f]{32}", request_id)
+        assert answer.json()["ids"] == [request_id, request_id]  # upstream got the same id
+        seen.add(request_id)
+    assert len(seen) == 3  # one id per prediction, never the client's
+    assert "X-Request-Id" not in page.headers
 
 
 def test_every_response_carries_the_same_security_headers_as_the_local_ingress(
