@@ -289,6 +289,18 @@ def canary(
         log.info("version %s -> %s (%s)", version, uri,
                  "full rollout" if full else f"canary {percent}%")  # fmt: skip
         if not full:
+            stale = _predictor(read["status"]).get("latestReadyRevision")
+            if stale and stale != rolled_out and document.template(read) != document.template(isvc):
+                # the latestRevision target resolves to the latest *ready* revision: until the
+                # new one is ready, its share would go to `stale` (a rolled-back or
+                # rolled-back-from revision). Start it at 0 %, then give it its share.
+                log.info("starting the new revision at 0 %% first (%s is the latest ready one)",
+                         stale)  # fmt: skip
+                predictor["canaryTrafficPercent"] = 0
+                _apply_and_wait(backend, isvc, settings.timeout, read)
+                isvc = backend.get() or isvc
+                read = _as_read(isvc, backend.status() or {})
+                isvc["spec"]["predictor"]["canaryTrafficPercent"] = percent
             return _apply_and_wait(backend, isvc, settings.timeout, read)
         with registry.mlflow_errors("moving the champion alias", settings.tracking_uri):
             before = registry.alias_snapshot(client, settings.model_name)

@@ -405,3 +405,19 @@ def test_the_wait_never_passes_on_a_stale_ready(reg, settings) -> None:
     assert {c["type"]: c["status"] for c in stale["conditions"]}["Ready"] == "True"
     assert status["components"]["predictor"]["latestCreatedRevision"] != old
     assert backend.served() == {v1: 50, v2: 50}
+
+
+def test_a_canary_after_a_rollback_never_sends_its_share_to_the_rolled_back_version(
+    reg, settings, backend
+) -> None:
+    from pipelines.rollout.steps import artefact_of
+
+    v1, v2, v3 = reg.register(), reg.register(), reg.register()
+    canary(settings, backend, v1)
+    canary(settings, backend, v2, percent=100)
+    rollback(settings, backend)  # v2's revision stays Knative's latest ready one
+    backend.failing.add(artefact_of(reg.client, settings, v3, force=True)[0])
+    with pytest.raises(RolloutError, match="the new revision failed"):
+        canary(settings, backend, v3)
+    # started at 0 % first: the failed canary's share did not fall back to v2
+    assert backend.served() == {v1: 100}

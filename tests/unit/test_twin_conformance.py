@@ -201,6 +201,14 @@ CASES = {
         [t(R3, 50, True, "latest"), t(R1, 50, False, "prev")], R3, R3, R1, R1, 6,
         conditions(),
     ),
+    "a canary starting after a rollback: its share goes to the rolled-back revision": Case(
+        # the latestRevision target resolves to the latest *ready* revision, R2
+        [V1, CANARY, PROMOTED, (isvc("2", 0), {R1: OK, R2: OK}),
+         (isvc("3", 50), {R1: OK, R2: OK, R3: STARTING})],
+        [t(R2, 50, True, "latest"), t(R1, 50, False, "prev")], R3, R2, R1, R1, 6,
+        conditions(Ready="Unknown", PredictorReady="Unknown", LatestDeploymentReady="Unknown",
+                   PredictorConfigurationReady="Unknown"),
+    ),
     "P 0 after the very first rollout has no previous: both targets stay on it": Case(
         [V1, (isvc("1", 0), {R1: OK})],
         [t(R1, 0, True, "latest"), t(R1, 100, False, "prev")], R1, R1, R1, None, 2,
