@@ -421,3 +421,19 @@ def test_a_canary_after_a_rollback_never_sends_its_share_to_the_rolled_back_vers
         canary(settings, backend, v3)
     # started at 0 % first: the failed canary's share did not fall back to v2
     assert backend.served() == {v1: 100}
+
+
+def test_the_local_document_s_generation_moves_with_its_spec_only(tmp_path: Path) -> None:
+    from pipelines.rollout import LocalBackend
+    from pipelines.rollout.document import new_inferenceservice
+
+    backend = LocalBackend(tmp_path, "movie-recommender")
+    assert backend.apply(new_inferenceservice("movie-recommender"))["metadata"]["generation"] == 1
+    assert backend.apply(backend.get())["metadata"]["generation"] == 1  # unchanged: no bump
+    annotated = backend.get()
+    annotated["metadata"]["annotations"]["example.com/owner"] = "team-a"
+    assert backend.apply(annotated)["metadata"]["generation"] == 1  # metadata is not the spec
+    changed = backend.get()
+    changed["spec"]["predictor"]["canaryTrafficPercent"] = 0
+    assert backend.apply(changed)["metadata"]["generation"] == 2
+    assert backend.get()["metadata"]["generation"] == 2
