@@ -10,9 +10,13 @@ Declarative, durable and self-healing, as the cluster is:
 * **the controller's own record** (``controller.json``: every revision, which one is rolled out)
   survives a restart: after ``make down && make up`` or a ``kill -9`` the same revisions come
   back and traffic is what it was;
-* **traffic** follows KServe's rules (``ksvc_reconciler.go``): with ``canaryTrafficPercent: p``
-  the latest ready revision gets p % and the last rolled-out revision the rest; without it (or
-  at 100) the latest ready revision gets everything and becomes the rolled-out one;
+* **traffic and status** are what KServe and Knative compute (`localstack.kserve`, a pure
+  function of the InferenceService and the revisions' readiness, cited line by line from
+  ``ksvc_reconciler.go`` and ``PropagateStatus``): with ``canaryTrafficPercent: p`` and a
+  rolled-out revision, the latest *ready* revision gets p % (tag ``latest`` when the
+  InferenceService has ``serving.kserve.io/enable-tag-routing: "true"``) and the last rolled-out
+  one the rest (tag ``prev``); otherwise the latest ready revision gets everything and becomes
+  the rolled-out one; ``observedGeneration`` is the Knative Service's generation;
 * **supervision**, the kubelet's part: every revision that carries traffic is watched (process
   alive, readiness probe every tick); a dead one is restarted with exponential backoff and is
   reported not ready meanwhile; a revision that never became ready and exits is Failed and never
@@ -28,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -54,6 +57,7 @@ from contracts.inferenceservice import (
 from contracts.layout import StackLayout
 from contracts.names import MODEL_NAME
 from contracts.settings import MLFLOW_TRACKING_URI
+from localstack.kserve import FALSE, TRUE, UNKNOWN, KServeState, RevisionHealth, reconcile
 from localstack.processes import free_port, spawn, stop_group
 
 log = logging.getLogger(__name__)
@@ -63,7 +67,7 @@ READY_TIMEOUT = 120.0  # a revision not ready by then is Failed (Knative's progr
 PROBE_FAILURES = 2  # consecutive failed probes before a ready revision counts as not ready
 RECOVER_SECONDS = 30.0  # a revision that served before and is not ready again by then restarts
 BACKOFF_START, BACKOFF_MAX = 1.0, 30.0  # restart backoff, doubling (the kubelet's CrashLoop)
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: the Knative Service's generation, traffic and template
 
 
 class RevisionState(StrEnum):
@@ -104,6 +108,14 @@ class Revision:
     @property
     def ready(self) -> bool:
         return self.state is RevisionState.READY
+
+    def health(self) -> RevisionHealth:
+        """Knative's Ready condition of the revision (sticky once ready) and whether it serves."""
+        if self.state is RevisionState.FAILED:
+            condition = FALSE
+        else:
+            condition = TRUE if self.ever_ready else UNKNOWN
+        return RevisionHealth(ready=condition, serving=self.ready, message=self.message)
 
     def record(self) -> dict[str, Any]:
         """What survives a restart of the controller."""
@@ -184,16 +196,6 @@ class Routing:
         return CANARY if revision is split[0] else STABLE if revision is split[1] else None
 
 
-def template_hash(predictor: dict[str, Any]) -> str:
-    """Revisions change with the pod template, not with the traffic split or scaling."""
-    template = {
-        k: v
-        for k, v in predictor.items()
-        if k not in {"canaryTrafficPercent", "minReplicas", "maxReplicas", "scaleTarget"}
-    }
-    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:12]
-
-
 def _last_line(log_file: Path | None) -> str:
     """The last line a revision logged (why it exited), shortened."""
     try:
@@ -220,10 +222,8 @@ class Controller:
         self.artifacts_dir = self.layout.artifacts
         self.mlflow_url = mlflow_url
         self.revisions: list[Revision] = []
-        self.rolled_out: Revision | None = None
-        self.previous: Revision | None = None
+        self.kserve = KServeState()  # what KServe and Knative keep (localstack.kserve)
         self.routing = Routing()
-        self.generation_seen = 0
         self.isvc_name = MODEL_NAME
         self._session: aiohttp.ClientSession | None = None
         self._saved = ""
@@ -264,18 +264,25 @@ class Controller:
             self.revisions.append(revision)
             by_name[revision.name] = revision
         self.isvc_name = state.get("isvc_name", self.isvc_name)
-        self.rolled_out = by_name.get(state.get("rolled_out") or "")
-        self.previous = by_name.get(state.get("previous") or "")
+        self.kserve.revisions = [(r.name, r.template_hash) for r in self.revisions]
+        self.kserve.latest_rolled_out = (
+            state.get("rolled_out") if state.get("rolled_out") in by_name else None
+        )
+        self.kserve.previous_rolled_out = (
+            state.get("previous") if state.get("previous") in by_name else None
+        )
+        self.kserve.restore(state.get("ksvc") or {})
         log.info("restored %d revision(s); rolled out: %s", len(self.revisions),
-                 self.rolled_out.name if self.rolled_out else "none")  # fmt: skip
+                 self.kserve.latest_rolled_out or "none")  # fmt: skip
 
     def _save(self) -> None:
         state = {
             "version": _STATE_VERSION,
             "isvc_name": self.isvc_name,
             "revisions": [r.record() for r in self.revisions],
-            "rolled_out": self.rolled_out.name if self.rolled_out else None,
-            "previous": self.previous.name if self.previous else None,
+            "rolled_out": self.kserve.latest_rolled_out,
+            "previous": self.kserve.previous_rolled_out,
+            "ksvc": self.kserve.record(),
         }
         text = json.dumps(state, sort_keys=True)
         if text != self._saved:
@@ -294,10 +301,10 @@ class Controller:
             log.error("%s is not valid JSON: %s", path, err)
             return None
 
-    def _new_revision(self, predictor: dict[str, Any], digest: str) -> Revision:
+    def _new_revision(self, predictor: dict[str, Any], name: str, digest: str) -> Revision:
         env = container_env((predictor.get("containers") or [{}])[0])
         return Revision(
-            name=f"{self.isvc_name}-predictor-{len(self.revisions) + 1:05d}",
+            name=name,
             template_hash=digest,
             model_name=self.isvc_name,
             model_version=env.get(MODEL_VERSION_ENV),
@@ -429,36 +436,29 @@ class Controller:
             )
             revision.message = "refused a connection; probing"
 
-    # -- traffic (KServe's rules) ------------------------------------------------------
+    # -- traffic and status (KServe's and Knative's rules: localstack.kserve) -------------
 
-    def _traffic(self, latest: Revision, percent: Any) -> list[tuple[Revision, int]]:
-        """The split KServe computes: on the latest *ready* revision, rolled-out gets the rest."""
-        candidates = [r for r in self.revisions if r.ever_ready]
-        latest_ready = candidates[-1] if candidates else None
-        if latest_ready is None:
-            return []
-        if self.rolled_out is None or percent is None or int(percent) >= 100:
-            if self.rolled_out is not latest_ready:
-                self.previous, self.rolled_out = self.rolled_out, latest_ready
-            return [(latest_ready, 100)]
-        if latest_ready is self.rolled_out:
-            return [(latest_ready, 100)]
-        return [(self.rolled_out, 100 - int(percent)), (latest_ready, int(percent))]
+    def _health(self) -> dict[str, RevisionHealth]:
+        return {r.name: r.health() for r in self.revisions}
 
-    def _routing(self, traffic: list[tuple[Revision, int]]) -> Routing:
-        latest = self.revisions[-1] if self.revisions else None
+    def _routing(self, status: dict[str, Any]) -> Routing:
+        """Knative's route: the status's traffic entries, tags pinning their revision."""
+        by_name = {r.name: r for r in self.revisions}
+        traffic: list[tuple[Revision, int]] = []
         tags: dict[str, Revision] = {}
-        if latest is not None:
-            tags["latest"] = latest
-        if self.rolled_out is not None and self.rolled_out is not latest:
-            tags["prev"] = self.rolled_out
+        for entry in status["components"]["predictor"]["traffic"]:
+            revision = by_name.get(entry["revisionName"])
+            if revision is None:
+                continue
+            traffic.append((revision, int(entry["percent"])))
+            if entry.get("tag"):
+                tags[entry["tag"]] = revision
         return Routing(traffic=traffic, tags=tags)
 
     async def reconcile(self) -> None:
         spec = self._read_spec()
         if spec is None:
             self.routing = Routing()
-            self._traffic_now: list[tuple[Revision, int]] = []
             status = {
                 "observedAt": time.time(),
                 "controller": {"pid": os.getpid()},
@@ -469,101 +469,59 @@ class Controller:
             atomic_write_json(self.layout.status_file, {"status": status})
             return
         self.isvc_name = spec.get("metadata", {}).get("name", self.isvc_name)
-        self.generation_seen = int(spec.get("metadata", {}).get("generation", 1))
         predictor = spec.get("spec", {}).get("predictor", {})
-        digest = template_hash(predictor)
-        latest = self.revisions[-1] if self.revisions else None
-        if latest is None or latest.template_hash != digest:
-            latest = self._new_revision(predictor, digest)
-            self.revisions.append(latest)
-        percent = predictor.get("canaryTrafficPercent")
-        wanted = {id(latest)}
-        if self.rolled_out is not None:
-            wanted.add(id(self.rolled_out))
-        await asyncio.gather(*(self._supervise(r) for r in self.revisions if id(r) in wanted))
-        traffic = self._traffic(latest, percent)
-        for revision, share in traffic:
-            if id(revision) not in wanted and share > 0:  # newly rolled out this tick
-                wanted.add(id(revision))
+        status = reconcile(self.kserve, spec, self._health())
+        for name, digest in self.kserve.revisions[len(self.revisions) :]:
+            self.revisions.append(self._new_revision(predictor, name, digest))
+        # the kubelet's part: run the latest created revision and every routed one
+        wanted = {name for name, _ in self.kserve.revisions[-1:]}
+        wanted |= {t["revisionName"] for t in status["components"]["predictor"]["traffic"]}
+        await asyncio.gather(*(self._supervise(r) for r in self.revisions if r.name in wanted))
+        status = reconcile(self.kserve, spec, self._health())
+        wanted |= {t["revisionName"] for t in status["components"]["predictor"]["traffic"]}
         for revision in self.revisions:
-            if id(revision) not in wanted and revision.state in (
+            if revision.name not in wanted and revision.state in (
                 RevisionState.READY,
                 RevisionState.STARTING,
                 RevisionState.UNREADY,
             ):
                 log.info("revision %s no longer routed; stopping it", revision.name)
                 self._stop(revision)
-        self._traffic_now = traffic
-        self.routing = self._routing(traffic)
+        self.routing = self._routing(status)
         self._save()
-        self._write_status(latest, traffic)
+        self._write_status(status)
 
-    def _write_status(self, latest: Revision, traffic: list[tuple[Revision, int]]) -> None:
-        routed = [(r, p) for r, p in traffic if p > 0]
-        serving = [r for r, _ in routed if r.ready]
-        ready = bool(routed) and len(serving) == len(routed)
-        if not routed:
-            why = latest.message or f"revision {latest.name} {latest.state.value}"
-        else:
-            down = [r for r, _ in routed if not r.ready]
-            why = "; ".join(f"{r.name} {r.state.value}: {r.message}".rstrip(": ") for r in down)
-        latest_state = {RevisionState.READY: "True", RevisionState.FAILED: "False"}.get(
-            latest.state, "True" if latest.ever_ready else "Unknown"
+    def _write_status(self, status: dict[str, Any]) -> None:
+        """KServe's status plus what only a process supervisor knows (pids, states, versions)."""
+        by_name = {r.name: r for r in self.revisions}
+        for entry in status["components"]["predictor"]["traffic"]:
+            revision = by_name.get(entry["revisionName"])
+            entry["modelVersion"] = revision.model_version if revision else None
+            entry["ready"] = revision.ready if revision else False
+        status.update(
+            {
+                "observedAt": time.time(),
+                "controller": {"pid": os.getpid()},
+                "url": None,
+                "revisions": [
+                    {
+                        "name": r.name,
+                        "state": r.state.value,
+                        "modelVersion": r.model_version,
+                        "storageUri": r.storage_uri,
+                        "url": r.url if r.ready else None,
+                        "restarts": r.restarts,
+                        "pid": r.pid,
+                        "message": r.message,
+                    }
+                    for r in self.revisions
+                ],
+            }
         )
-        tag_of = {id(r): t for t, r in self.routing.tags.items()}
-        status = {
-            "observedGeneration": self.generation_seen,
-            "observedAt": time.time(),
-            "controller": {"pid": os.getpid()},
-            "url": None,
-            "conditions": [
-                {"type": "Ready", "status": "True" if ready else "False", "message": why},
-                {
-                    "type": "LatestDeploymentReady",
-                    "status": latest_state,
-                    "message": latest.message,
-                },
-            ],
-            "components": {
-                "predictor": {
-                    "latestCreatedRevision": latest.name,
-                    "latestReadyRevision": next(
-                        (r.name for r in reversed(self.revisions) if r.ever_ready), None
-                    ),
-                    "latestRolledoutRevision": self.rolled_out.name if self.rolled_out else None,
-                    "previousRolledoutRevision": self.previous.name if self.previous else None,
-                    "traffic": [
-                        {
-                            "revisionName": r.name,
-                            "percent": p,
-                            "latestRevision": r is latest,
-                            "tag": tag_of.get(id(r)),
-                            "modelVersion": r.model_version,
-                            "ready": r.ready,
-                        }
-                        for r, p in traffic
-                    ],
-                }
-            },
-            "revisions": [
-                {
-                    "name": r.name,
-                    "state": r.state.value,
-                    "modelVersion": r.model_version,
-                    "storageUri": r.storage_uri,
-                    "url": r.url if r.ready else None,
-                    "restarts": r.restarts,
-                    "pid": r.pid,
-                    "message": r.message,
-                }
-                for r in self.revisions
-            ],
-        }
         atomic_write_json(self.layout.status_file, {"status": status})
 
     async def run(self) -> None:
         self.stack_dir.mkdir(parents=True, exist_ok=True)
-        self._traffic_now = []
         self.restore()
         self._session = aiohttp.ClientSession()
         try:

@@ -17,8 +17,11 @@ through the Kubernetes API) and the local stack (the same document in
     ``challenger`` is cleared from the promoted version.
 ``rollback``
     During a canary, ``canaryTrafficPercent: 0``: all traffic returns to the last rolled-out
-    revision at once, no new pods needed, ``champion`` unchanged. After a promote, the predictor
-    is pointed back at the version aliased ``previous`` (a full rollout) and ``champion`` with it.
+    revision at once, no new pods needed, ``champion`` unchanged. After a promote, ``champion``
+    moves back to the version aliased ``previous`` and ``canaryTrafficPercent: 0`` routes all
+    traffic to KServe's ``previousRolledoutRevision`` (no new revision); when KServe has none to
+    route back to, the predictor is pointed at that version instead (a new revision). See
+    docs/cluster.md, "Canary semantics".
 
 The registry's aliases are the deployment record (``champion`` = what is served at 100 %); the
 InferenceService carries only what KServe needs (``STORAGE_URI``, ``MODEL_VERSION``, the split).

@@ -84,9 +84,15 @@ class LocalBackend:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def apply(self, isvc: dict[str, Any]) -> dict[str, Any]:
+        """Write the document; as the API server, bump ``metadata.generation`` only when the
+        spec changed (an unchanged write changes nothing)."""
         isvc = copy.deepcopy(isvc)
+        current = self.get() or {}
         meta = isvc.setdefault("metadata", {})
-        meta["generation"] = int(meta.get("generation", 0)) + 1
+        generation = int((current.get("metadata") or {}).get("generation", 0))
+        meta["generation"] = generation + (current.get("spec") != isvc.get("spec"))
+        if isvc == current:
+            return isvc
         self.layout.stack.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.layout.isvc_file, isvc)
         return isvc

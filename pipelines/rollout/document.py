@@ -86,6 +86,14 @@ def step_percent(isvc: dict[str, Any]) -> str:
     return isvc.get("metadata", {}).get("annotations", {}).get(STEP_ANNOTATION, "10")
 
 
+def template(isvc: dict[str, Any]) -> dict[str, Any]:
+    """What KServe copies into the Knative revision template: the predictor but its split, and
+    the annotations (ksvc_reconciler.go l.102-121, components/predictor.go l.100-102). Two
+    documents with the same template make no new revision."""
+    predictor = {k: v for k, v in isvc["spec"]["predictor"].items() if k != "canaryTrafficPercent"}
+    return {"predictor": predictor, "annotations": isvc.get("metadata", {}).get("annotations")}
+
+
 def spec_only(isvc: dict[str, Any]) -> dict[str, Any]:
     """What we write: the object without its status (the controller owns status)."""
     return {k: v for k, v in isvc.items() if k != "status"}

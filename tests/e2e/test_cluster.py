@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -93,18 +94,77 @@ def _predict(host: str = HOST) -> tuple[int, dict]:
         return response.status, json.loads(response.read())
 
 
+def _predictor() -> dict:
+    return _isvc()["status"]["components"]["predictor"]
+
+
+def _conditions() -> dict[str, str]:
+    return {c["type"]: c["status"] for c in _isvc()["status"].get("conditions", [])}
+
+
+def _wait_for(what: str, check, timeout: float = 900) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(5)
+    raise AssertionError(f"not {what} after {timeout:.0f} s: {json.dumps(_isvc()['status'])}")
+
+
 def _wait_ready(timeout: float = 600) -> None:
-    _kubectl(
-        "wait",
-        "--for=condition=Ready",
-        "inferenceservice/movie-recommender",
-        f"--timeout={int(timeout)}s",
-    )
+    """Ready with the latest created revision ready: a Ready of an older revision is not it."""
+
+    def settled() -> bool:
+        predictor = _predictor()
+        return _conditions().get("Ready") == "True" and predictor.get(
+            "latestCreatedRevision"
+        ) == predictor.get("latestReadyRevision")
+
+    _wait_for("Ready", settled, timeout)
 
 
-def _traffic() -> dict[str, int]:
-    status = _isvc()["status"]["components"]["predictor"]
-    return {t.get("tag", t["revisionName"]): t["percent"] for t in status.get("traffic", [])}
+def _entries() -> dict[str, dict]:
+    """Traffic entries by tag (``latest``, ``prev``); each has revisionName and percent."""
+    traffic = _predictor().get("traffic", [])
+    by_tag = {t.get("tag"): t for t in traffic}
+    assert len(by_tag) == len(traffic), traffic  # one entry per tag, none untagged twice
+    return by_tag
+
+
+def _assert_canary(step: int, canary_revision: str, stable_revision: str) -> None:
+    """KServe's canary shape (ksvc_reconciler.go l.132-165): P on the latest revision, tagged
+    latest; 100-P on the rolled-out one, tagged prev."""
+    predictor, entries = _predictor(), _entries()
+    assert set(entries) == {"latest", "prev"}, entries
+    assert entries["latest"]["latestRevision"] is True
+    assert entries["latest"]["percent"] == step
+    assert entries["latest"]["revisionName"] == canary_revision
+    assert entries["prev"]["percent"] == 100 - step
+    assert entries["prev"]["revisionName"] == predictor["latestRolledoutRevision"]
+    assert entries["prev"]["revisionName"] == stable_revision
+
+
+def _assert_rolled_out(revision: str) -> None:
+    """One entry, 100 %, tagged latest: no `prev` target outside a canary."""
+    predictor, entries = _predictor(), _entries()
+    assert set(entries) == {"latest"}, entries
+    assert entries["latest"]["percent"] == 100
+    assert entries["latest"]["revisionName"] == revision
+    assert predictor["latestRolledoutRevision"] == revision
+    assert predictor["latestCreatedRevision"] == predictor["latestReadyRevision"] == revision
+
+
+def _absent(host: str) -> bool:
+    """No route for the host (Kourier answers 404 for an unknown tag)."""
+    try:
+        _predict(host)
+    except urllib.error.HTTPError as err:
+        return err.code == 404
+    return False
+
+
+def _generation() -> int:
+    return int(_isvc()["metadata"]["generation"])
 
 
 def test_pipeline_serves_canaries_promotes_and_rolls_back(deployed):
@@ -114,36 +174,87 @@ def test_pipeline_serves_canaries_promotes_and_rolls_back(deployed):
     first = _latest_registered_version()
 
     _script("rollout.sh", ENV, "canary", "--version", str(first), "--percent", "100")
-    _script("rollout.sh", ENV, "promote")
     _wait_ready()
+    stable = _predictor()["latestCreatedRevision"]
+    _assert_rolled_out(stable)
+    generation = _generation()
+    _script("rollout.sh", ENV, "promote")  # nothing to promote: an unchanged spec, no generation
+    assert _generation() == generation
+    assert isinstance(_isvc()["status"]["observedGeneration"], int)
     status, answer = _predict()
     assert status == 200
     assert answer["predictions"]
     assert answer["model_version"] == str(first)
+    assert _absent(f"prev-{HOST}")  # the prev tag exists only during a canary
+
+    # a failing canary (an artefact that does not exist): Knative keeps both targets on the
+    # serving revision, the InferenceService is not Ready, traffic is untouched
+    container = _isvc()["spec"]["predictor"]["containers"][0]
+    env = [e for e in container["env"] if e["name"] not in ("STORAGE_URI", "MODEL_DIGEST")]
+    env.append({"name": "STORAGE_URI", "value": "pvc://mlflow-artifacts/no/such/artefact"})
+    container["env"] = env
+    step = int(_isvc()["metadata"]["annotations"]["movie-mlops.io/canary-step-percent"])
+    patch = {"spec": {"predictor": {"canaryTrafficPercent": step, "containers": [container]}}}
+    _kubectl("patch", "inferenceservice", "movie-recommender", "--type=merge",
+             "-p", json.dumps(patch))  # fmt: skip
+    _wait_for("the canary failed", lambda: _conditions().get("LatestDeploymentReady") == "False")
+    predictor = _predictor()
+    assert predictor["latestCreatedRevision"] != stable
+    assert predictor["latestReadyRevision"] == stable
+    assert _conditions()["Ready"] == "False"
+    entries = _entries()
+    assert entries["latest"]["percent"] == step and entries["prev"]["percent"] == 100 - step
+    # the latest target resolves to the latest *ready* revision: both on the serving one
+    assert entries["latest"]["revisionName"] == entries["prev"]["revisionName"] == stable
+    assert _predict(f"latest-{HOST}")[1]["model_version"] == str(first)
+    assert {_predict()[1]["model_version"] for _ in range(10)} == {str(first)}
 
     _script("train.sh", ENV)
     second = _latest_registered_version()
     assert second > first
-    step = _isvc()["metadata"]["annotations"]["movie-mlops.io/canary-step-percent"]
-    _script("rollout.sh", ENV, "canary", "--version", str(second), "--percent", step)
+    generation = _generation()
+    _script("rollout.sh", ENV, "canary", "--version", str(second), "--percent", str(step))
     _wait_ready()
-    assert _isvc()["spec"]["predictor"]["canaryTrafficPercent"] == int(step)
-    # Tag routing: the candidate answers on its own `latest-` host before it gets full traffic.
-    status, _ = _predict(f"latest-{HOST}")
-    assert status == 200
-    assert sorted(_traffic().values()) == sorted([int(step), 100 - int(step)])
+    assert _generation() == generation + 1
+    assert _isvc()["spec"]["predictor"]["canaryTrafficPercent"] == step
+    candidate = _predictor()["latestCreatedRevision"]
+    assert candidate != stable
+    _assert_canary(step, candidate, stable)
+    # Tag routing: each revision answers on its own host, with its own version.
+    assert _predict(f"latest-{HOST}")[1]["model_version"] == str(second)
+    assert _predict(f"prev-{HOST}")[1]["model_version"] == str(first)
+
+    # rollback during a canary: canaryTrafficPercent 0, all traffic on the rolled-out revision
+    _script("rollout.sh", ENV, "rollback")
+    _wait_ready()
+    assert _isvc()["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    _assert_canary(0, candidate, stable)
+    assert {_predict()[1]["model_version"] for _ in range(10)} == {str(first)}
+
+    # the same version again: no new template, so no new revision
+    _script("rollout.sh", ENV, "canary", "--version", str(second), "--percent", str(step))
+    _wait_ready()
+    assert _predictor()["latestCreatedRevision"] == candidate
+    _assert_canary(step, candidate, stable)
 
     _script("rollout.sh", ENV, "promote")
     _wait_ready()
-    envs = {e["name"]: e.get("value") for e in _isvc()["spec"]["predictor"]["containers"][0]["env"]}
-    assert envs["MODEL_VERSION"] == str(second)
+    _assert_rolled_out(candidate)
+    assert _predictor()["previousRolledoutRevision"] == stable
+    assert "canaryTrafficPercent" not in _isvc()["spec"]["predictor"]
     assert _predict()[1]["model_version"] == str(second)
+    _wait_for("prev- route gone", lambda: _absent(f"prev-{HOST}"), 120)
 
+    # rollback after a promote: back to previousRolledoutRevision, no new revision
     _script("rollout.sh", ENV, "rollback")
     _wait_ready()
-    time.sleep(5)
+    predictor = _predictor()
+    assert predictor["latestCreatedRevision"] == candidate
+    assert predictor["latestRolledoutRevision"] == stable
+    assert predictor["previousRolledoutRevision"] == stable
+    _assert_canary(0, candidate, stable)
     envs = {e["name"]: e.get("value") for e in _isvc()["spec"]["predictor"]["containers"][0]["env"]}
-    assert envs["MODEL_VERSION"] == str(first)
-    status, answer = _predict()
-    assert status == 200
-    assert answer["model_version"] == str(first)
+    assert envs["MODEL_VERSION"] == str(second)  # the template stays; the split moved
+    assert _isvc()["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    _wait_for("first served", lambda: _predict()[1]["model_version"] == str(first), 300)
+    assert {_predict()[1]["model_version"] for _ in range(10)} == {str(first)}

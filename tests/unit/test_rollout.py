@@ -273,3 +273,167 @@ def test_a_version_without_a_recorded_digest_is_refused_unless_forced(
     canary(settings, backend, v1, force=True)
     env = backend.get()["spec"]["predictor"]["containers"][0]["env"]
     assert "MODEL_DIGEST" not in {e["name"] for e in env}
+
+
+# -- KServe's own rollback and the rollout wait (issue #10, points 4 and 5) ---------------------
+
+
+def _predictor(backend: InMemoryBackend) -> dict:
+    return backend.status()["components"]["predictor"]
+
+
+def _entries(backend: InMemoryBackend) -> list[tuple[str, int, str | None]]:
+    return [(t["modelVersion"], t["percent"], t.get("tag")) for t in _predictor(backend)["traffic"]]
+
+
+def test_rollback_after_a_promote_routes_back_without_a_new_revision(reg, settings, backend):
+    v1, v2 = reg.register(), reg.register()
+    canary(settings, backend, v1)
+    canary(settings, backend, v2)
+    promote(settings, backend)
+    assert _entries(backend) == [(v2, 100, "latest")]  # no `prev` outside a canary
+    before = _predictor(backend)
+    rollback(settings, backend)
+    after = _predictor(backend)
+    assert after["latestCreatedRevision"] == before["latestCreatedRevision"]  # no new revision
+    assert after["latestRolledoutRevision"] == before["previousRolledoutRevision"]
+    assert after["previousRolledoutRevision"] == before["previousRolledoutRevision"]
+    assert _entries(backend) == [(v2, 0, "latest"), (v1, 100, "prev")]
+    assert backend.get()["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    assert (reg.alias(CHAMPION), reg.alias(PREVIOUS)) == (v1, None)  # what is served
+    # the next canary splits with the revision that serves, and its promote keeps the record
+    v3 = reg.register()
+    canary(settings, backend, v3)
+    assert _entries(backend) == [(v3, 50, "latest"), (v1, 50, "prev")]
+    promote(settings, backend)
+    assert backend.served() == {v3: 100}
+    assert (reg.alias(CHAMPION), reg.alias(PREVIOUS)) == (v3, v1)
+
+
+def test_rollback_makes_a_new_revision_when_kserve_has_no_previous_revision(
+    reg, settings, backend
+) -> None:
+    v1, v2 = reg.register(), reg.register()
+    canary(settings, backend, v1)
+    canary(settings, backend, v2, percent=100)
+    created = _predictor(backend)["latestCreatedRevision"]
+    backend.kserve.previous_rolled_out = None  # e.g. the InferenceService was recreated
+    backend.apply(backend.get())  # (an unchanged write: reconciled, no generation)
+    rollback(settings, backend)
+    assert _predictor(backend)["latestCreatedRevision"] != created
+    assert backend.served() == {v1: 100} and reg.alias(CHAMPION) == v1
+    assert "canaryTrafficPercent" not in backend.get()["spec"]["predictor"]
+
+
+def test_a_second_rollback_after_a_rolled_back_canary_needs_a_new_revision(
+    reg, settings, backend
+) -> None:
+    v1, v2, v3 = reg.register(), reg.register(), reg.register()
+    canary(settings, backend, v1)
+    canary(settings, backend, v2, percent=100)  # champion v2, previous v1
+    canary(settings, backend, v3)
+    rollback(settings, backend)  # the canary: traffic back on v2
+    assert backend.served() == {v2: 100}
+    rollback(settings, backend)  # then v2 itself: its template is not v1's any more
+    assert backend.served() == {v1: 100}
+    assert (reg.alias(CHAMPION), reg.alias(PREVIOUS)) == (v1, None)
+    assert _predictor(backend)["latestCreatedRevision"].endswith("00004")
+
+
+def test_a_canary_of_the_rolled_out_version_is_refused(reg, settings, backend) -> None:
+    v1 = reg.register()
+    canary(settings, backend, v1)
+    writes = backend.writes
+    with pytest.raises(RolloutError, match="already rolled out"):
+        canary(settings, backend, v1, percent=30)
+    assert backend.writes == writes
+
+
+def test_the_wait_does_not_hang_when_the_knative_service_does_not_change(
+    reg, settings, backend
+) -> None:
+    from pipelines.rollout.steps import Expected, wait_rollout
+
+    v1 = reg.register()
+    canary(settings, backend, v1)
+    isvc = backend.get()
+    isvc["spec"]["predictor"]["canaryTrafficPercent"] = 100  # same ksvc as no percent at all
+    applied = backend.apply(isvc)
+    status = wait_rollout(backend, Expected(percent=100), timeout=2)
+    # the InferenceService's generation moved, the Knative Service's did not: comparing the two
+    # counters would wait forever
+    assert status["observedGeneration"] < applied["metadata"]["generation"]
+
+
+class LaggingBackend(InMemoryBackend):
+    """The API server answers at once; the controllers reconcile a few reads later."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.behind = 0
+
+    def apply(self, isvc: dict[str, Any]) -> dict[str, Any]:
+        status = self.status()
+        applied = super().apply(isvc)
+        if self.isvc is not None and status is not None:
+            self.isvc["status"], self.behind = status, 3
+        return applied
+
+    def status(self) -> dict[str, Any] | None:
+        if self.behind:
+            self.behind -= 1
+            if not self.behind:
+                self._reconcile()
+        return super().status()
+
+
+def test_the_wait_never_passes_on_a_stale_ready(reg, settings) -> None:
+    backend = LaggingBackend()
+    v1, v2 = reg.register(), reg.register()
+    canary(settings, backend, v1)
+    # an annotation edit (kubectl annotate): a new revision and a ksvc generation, no ISVC one
+    isvc = backend.get()
+    isvc["metadata"]["annotations"]["example.com/owner"] = "team-a"
+    backend.apply(isvc)
+    for _ in range(3):  # reconciled
+        stale = backend.status()
+    old = stale["components"]["predictor"]["latestCreatedRevision"]
+    status = canary(settings, backend, v2)
+    # the stale status said Ready at a generation >= the InferenceService's: a counter
+    # comparison would have returned it
+    assert stale["observedGeneration"] >= backend.get()["metadata"]["generation"]
+    assert {c["type"]: c["status"] for c in stale["conditions"]}["Ready"] == "True"
+    assert status["components"]["predictor"]["latestCreatedRevision"] != old
+    assert backend.served() == {v1: 50, v2: 50}
+
+
+def test_a_canary_after_a_rollback_never_sends_its_share_to_the_rolled_back_version(
+    reg, settings, backend
+) -> None:
+    from pipelines.rollout.steps import artefact_of
+
+    v1, v2, v3 = reg.register(), reg.register(), reg.register()
+    canary(settings, backend, v1)
+    canary(settings, backend, v2, percent=100)
+    rollback(settings, backend)  # v2's revision stays Knative's latest ready one
+    backend.failing.add(artefact_of(reg.client, settings, v3, force=True)[0])
+    with pytest.raises(RolloutError, match="the new revision failed"):
+        canary(settings, backend, v3)
+    # started at 0 % first: the failed canary's share did not fall back to v2
+    assert backend.served() == {v1: 100}
+
+
+def test_the_local_document_s_generation_moves_with_its_spec_only(tmp_path: Path) -> None:
+    from pipelines.rollout import LocalBackend
+    from pipelines.rollout.document import new_inferenceservice
+
+    backend = LocalBackend(tmp_path, "movie-recommender")
+    assert backend.apply(new_inferenceservice("movie-recommender"))["metadata"]["generation"] == 1
+    assert backend.apply(backend.get())["metadata"]["generation"] == 1  # unchanged: no bump
+    annotated = backend.get()
+    annotated["metadata"]["annotations"]["example.com/owner"] = "team-a"
+    assert backend.apply(annotated)["metadata"]["generation"] == 1  # metadata is not the spec
+    changed = backend.get()
+    changed["spec"]["predictor"]["canaryTrafficPercent"] = 0
+    assert backend.apply(changed)["metadata"]["generation"] == 2
+    assert backend.get()["metadata"]["generation"] == 2
