@@ -82,7 +82,7 @@ fmt: $(STAMP) ## Format the code with ruff
 test: lint tools browser test-frontend test-python test-e2e-collect ## The whole suite: lint, front end, Python unit + integration, e2e collection
 
 test-python: $(STAMP) $(DIST) datasets
-	$(PY) -m pytest tests/unit tests/integration
+	$(PY) -m pytest tests/unit tests/integration --durations=20
 
 test-frontend: $(NODE_STAMP)
 	cd frontend && npm test --silent
