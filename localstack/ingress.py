@@ -17,6 +17,9 @@ path                                        method   answer
 ``/healthz``                                GET      the ingress is up
 ``/__local/status``                         GET      the controller's status; only to a client
                                                      on loopback naming a loopback ``Host``
+``/metrics``                                GET      Prometheus text: proxied requests by
+                                                     revision, version and status class; only
+                                                     to a loopback client (the local Prometheus)
 ``/``, ``/<file>``                          GET      the page (unknown paths: ``index.html``)
 =========================================== ======== ==========================================
 
@@ -53,7 +56,9 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 import typer
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
+from contracts.monitoring import code_class
 from contracts.settings import (
     INGRESS_PORT,
     LOCAL_ROOT,
@@ -220,6 +225,13 @@ def build_app(
 ) -> web.Application:
     headers = security_headers(poster_base_url)  # ValueError for a bad URL: refuse to start
     app = web.Application(client_max_size=max_request_bytes)
+    registry = CollectorRegistry()
+    proxied = Counter(
+        "movie_mlops_ingress_requests",
+        "Requests proxied to a revision, by revision, model version and status class.",
+        ["revision", "model_version", "code"],
+        registry=registry,
+    )
     session_key = web.AppKey("session", aiohttp.ClientSession)
     controller_task_key = web.AppKey("controller", asyncio.Task)
 
@@ -278,6 +290,8 @@ def build_app(
             except aiohttp.ClientError as err:
                 return _json_error(502, f"revision {revision.name} did not answer: {err}")
         out["X-Revision"] = revision.name
+        version = revision.model_version or ""
+        proxied.labels(revision.name, version, code_class(upstream.status)).inc()
         return web.Response(status=upstream.status, body=payload, headers=out)
 
     def on_loopback(request: web.Request) -> bool:
@@ -290,6 +304,13 @@ def build_app(
         path = controller.layout.status_file
         body = json.loads(path.read_text()) if path.is_file() else {"status": None}
         return web.json_response(body)
+
+    async def metrics(request: web.Request) -> web.Response:
+        if not on_loopback(request):
+            return _not_found()
+        return web.Response(
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     async def page(request: web.Request, path: str) -> web.StreamResponse:
         root = frontend_dist.resolve()
@@ -307,6 +328,7 @@ def build_app(
         ("GET", "/healthz"): lambda _: _ok(),
         ("GET", "/config.json"): lambda _: _config(poster_base_url, controller),
         ("GET", "/__local/status"): status,
+        ("GET", "/metrics"): metrics,
     }
 
     async def dispatch(request: web.Request) -> web.StreamResponse:

@@ -1,12 +1,17 @@
-"""The one-machine twin of the cluster: MLflow, the TMDB sandbox and the ingress/controller.
+"""The one-machine twin of the cluster: MLflow, the TMDB sandbox, the ingress/controller and
+Prometheus.
 
-``make up`` starts three background processes, all bound to 127.0.0.1:
+``make up`` starts these background processes, all bound to 127.0.0.1:
 
 | service  | cluster twin                                  | default address          |
 |----------|-----------------------------------------------|--------------------------|
 | mlflow   | the MLflow Deployment (sqlite + artefact PVC) | http://127.0.0.1:5000    |
 | sandbox  | the dev overlay's in-cluster TMDB sandbox     | http://127.0.0.1:8090/3  |
 | ingress  | Knative ingress + KServe controller           | http://127.0.0.1:8080    |
+| prometheus | the monitoring component's Prometheus       | http://127.0.0.1:9090    |
+
+Prometheus (`localstack.prometheus`) is Debian's package (`make prometheus`); without it the
+stack starts without it and says so.
 
 State lives under ``.local/`` (``LOCAL_ROOT``): ``mlflow/`` (database and the artefact store that
 plays the ``mlflow-artifacts`` PVC), ``run/`` (pid files), ``logs/``, ``stack/`` (the local
@@ -26,7 +31,16 @@ from pathlib import Path
 
 from contracts import credentials
 from contracts.layout import StackLayout
-from contracts.settings import INGRESS_PORT, LOCAL_ROOT, LOOPBACK, MLFLOW_PORT, SANDBOX_PORT
+from contracts.settings import (
+    EVENTS_URL,
+    INGRESS_PORT,
+    LOCAL_ROOT,
+    LOOPBACK,
+    MLFLOW_PORT,
+    PROMETHEUS_PORT,
+    SANDBOX_PORT,
+)
+from localstack import prometheus
 from localstack.processes import (
     ProcessError,
     pid_alive,
@@ -38,7 +52,7 @@ from localstack.processes import (
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("mlflow", "sandbox", "ingress")
+SERVICES = ("mlflow", "sandbox", "ingress", "prometheus")
 SANDBOX_TOKEN = "sandbox-token"  # the sandbox's own fake credential, not a secret
 
 
@@ -52,6 +66,8 @@ class StackSettings:
     sandbox_port: int = int(SANDBOX_PORT.default)
     ingress_port: int = int(INGRESS_PORT.default)
     frontend_dist: Path = Path("frontend/dist")
+    prometheus_port: int = int(PROMETHEUS_PORT.default)
+    events_url: str = EVENTS_URL.default
 
     @property
     def layout(self) -> StackLayout:
@@ -95,6 +111,10 @@ class StackSettings:
     def ingress_url(self) -> str:
         return f"http://{self.host}:{self.ingress_port}"
 
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://{self.host}:{self.prometheus_port}"
+
     @classmethod
     def from_env(cls) -> StackSettings:
         return cls(
@@ -102,6 +122,8 @@ class StackSettings:
             mlflow_port=int(MLFLOW_PORT.get()),
             sandbox_port=int(SANDBOX_PORT.get()),
             ingress_port=int(INGRESS_PORT.get()),
+            prometheus_port=int(PROMETHEUS_PORT.get()),
+            events_url=EVENTS_URL.get(),
         )
 
 
@@ -162,6 +184,13 @@ def _argv(settings: StackSettings, name: str) -> tuple[list[str], dict[str, str]
             "--frontend-dist", str(settings.frontend_dist),
         ]  # fmt: skip
         return argv, {}, f"{settings.ingress_url}/healthz", 60.0
+    if name == "prometheus":
+        layout = settings.layout
+        config = prometheus.prepare(
+            layout, f"{settings.host}:{settings.ingress_port}", settings.events_url
+        )
+        argv = prometheus.argv(layout, settings.host, settings.prometheus_port, config)
+        return argv, {}, f"{settings.prometheus_url}/-/ready", 60.0
     raise ValueError(f"unknown service {name!r}")
 
 
@@ -220,6 +249,7 @@ def _port(settings: StackSettings, name: str) -> int:
         "mlflow": settings.mlflow_port,
         "sandbox": settings.sandbox_port,
         "ingress": settings.ingress_port,
+        "prometheus": settings.prometheus_port,
     }[name]
 
 
@@ -260,17 +290,32 @@ def stop(settings: StackSettings, name: str) -> bool:
     return True
 
 
+def installed(name: str) -> bool:
+    """Whether a service's program is on this machine (only Prometheus may be missing)."""
+    return name != "prometheus" or prometheus.binary() is not None
+
+
 def up(settings: StackSettings) -> dict[str, str]:
     """Start the whole stack; return the URLs to show the user."""
-    for name in SERVICES:
-        start(settings, name)
-        if name == "mlflow":
-            provision_mlflow(settings)
-    return {
+    urls = {
         "mlflow": settings.mlflow_url,
         "tmdb sandbox": settings.sandbox_url,
         "ingress (page + predict)": settings.ingress_url,
+        "prometheus": settings.prometheus_url,
     }
+    for name in SERVICES:
+        if not installed(name):
+            log.warning(
+                "note: %s is not installed (`make prometheus` as root): the stack runs without "
+                "it, and `rollout analyze`/`auto` cannot measure canaries",
+                name,
+            )
+            urls.pop(name)
+            continue
+        start(settings, name)
+        if name == "mlflow":
+            provision_mlflow(settings)
+    return urls
 
 
 def down(settings: StackSettings) -> list[str]:

@@ -204,6 +204,17 @@ def restore_aliases(client: Any, name: str, snapshot: dict[str, str | None]) -> 
     log.info("aliases restored: %s", snapshot)
 
 
+def tag_version(client: Any, name: str, version: str, tags: dict[str, str]) -> None:
+    """Set tags on a model version (e.g. the automated rollout's decision and its evidence).
+
+    MLflow limits a tag value to 5,000 characters: a longer one is cut, and says so.
+    """
+    limit = 5000
+    for key, value in tags.items():
+        text = value if len(value) <= limit else value[: limit - 20] + "…[truncated]"
+        client.set_model_version_tag(name, version, key, text)
+
+
 def gate_passed(mv: Any) -> bool:
     """Whether a registered version passed training's quality gate (untagged: it did)."""
     return (mv.tags or {}).get(QUALITY_GATE_TAG, "passed") != "failed"

@@ -72,6 +72,8 @@ def local_stack(root: Path) -> Iterator[Session]:
         sandbox_port=free_port(),
         ingress_port=free_port(),
         frontend_dist=REPO_ROOT / "frontend" / "dist",
+        prometheus_port=free_port(),
+        events_url=f"http://127.0.0.1:{free_port()}",
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TMDB_", "MLFLOW_"))}
     env.update(
@@ -80,6 +82,9 @@ def local_stack(root: Path) -> Iterator[Session]:
         MLFLOW_PORT=str(settings.mlflow_port),
         INGRESS_PORT=str(settings.ingress_port),
         SANDBOX_PORT=str(settings.sandbox_port),
+        PROMETHEUS_PORT=str(settings.prometheus_port),
+        PROMETHEUS_URL=settings.prometheus_url,
+        EVENTS_URL=settings.events_url,
         MLFLOW_TRACKING_URI=settings.mlflow_url,
         TMDB_BASE_URL=settings.sandbox_url,
         TMDB_ACCESS_TOKEN="sandbox-token",

@@ -1,0 +1,207 @@
+"""Canaries judged by measurement, for real: the local stack's Prometheus scrapes real model
+servers, `rollout auto` asks it and promotes or rolls back.
+
+A canary is made bad with the predictor's test-only faults (``rollout canary --fault-*``,
+`model_server.faults`); traffic is real requests through the ingress. Intervals are seconds
+(flags), so the whole module stays well under a minute and a half.
+
+The CTR check's arithmetic is unit-tested (tests/unit/test_canary_analysis.py); its
+end-to-end test needs the event sink (``movie_mlops_feedback_total``), which is not part of
+this branch: see ``test_a_canary_with_lower_ctr_is_rolled_back``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import pytest
+import requests
+
+from contracts.names import CHAMPION, VERSION_HEADER
+from localstack import prometheus
+from pipelines import registry
+from tests.support.stack import MODEL, Session, serve_only, train_two_versions, wait_for
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        prometheus.binary() is None,
+        reason="prometheus is not installed (`make prometheus` installs Debian's, as root)",
+    ),
+]
+
+# fast plan for tests: analyse every 4 s, roll back at the first failed analysis
+FAST = ["--interval", "4", "--threshold", "1", "--deadline", "20", "--min-clicks", "0"]
+
+
+@pytest.fixture(scope="module")
+def versions(stack: Session) -> dict[str, str]:
+    return train_two_versions(stack)
+
+
+class Traffic:
+    """Requests through the ingress on two threads; answers counted by (version, status)."""
+
+    def __init__(self, stack: Session) -> None:
+        self.url = stack.predict_url
+        self.answers: Counter[tuple[str, int]] = Counter()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
+
+    def _run(self) -> None:
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                try:
+                    r = session.post(self.url, json={"instances": [{"user_id": 1}]}, timeout=10)
+                    key = (r.headers.get(VERSION_HEADER, "?"), r.status_code)
+                except requests.RequestException:
+                    key = ("?", 0)
+                self.answers[key] += 1
+
+    def __enter__(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=15)
+
+    def of(self, version: str) -> Counter[int]:
+        return Counter({code: n for (v, code), n in self.answers.items() if v == version})
+
+
+@pytest.fixture
+def stable(stack: Session, versions: dict[str, str]) -> str:
+    """``first`` serving everything (and champion); Prometheus scraping it."""
+    serve_only(stack, versions["first"])
+    wait_for("Prometheus ready", lambda: _ready(stack), timeout=30)
+    return versions["first"]
+
+
+def _ready(stack: Session) -> bool:
+    try:
+        url = f"{stack.settings.prometheus_url}/-/ready"
+        return requests.get(url, timeout=1).ok
+    except requests.RequestException:
+        return False
+
+
+def _tags(stack: Session, version: str) -> dict[str, str]:
+    client = registry.connect(stack.settings.mlflow_url)
+    return dict(client.get_model_version(MODEL, version).tags)
+
+
+def _champion(stack: Session) -> str | None:
+    client = registry.connect(stack.settings.mlflow_url)
+    return registry.alias_version(client, MODEL, CHAMPION)
+
+
+def _served_only_by(stack: Session, version: str) -> bool:
+    seen = {stack.predict([{"user_id": 1}]).headers.get(VERSION_HEADER) for _ in range(20)}
+    return seen == {version}
+
+
+def test_a_canary_with_5_percent_errors_is_rolled_back_within_one_interval(
+    stack: Session, versions: dict[str, str], stable: str
+) -> None:
+    canary = versions["second"]
+    with Traffic(stack) as traffic:
+        stack.run("pipelines.rollout", "canary", "--version", canary, "--percent", "50",
+                  "--fault-error-rate", "0.05")  # fmt: skip
+        started = time.monotonic()
+        proc = stack.run(
+            "pipelines.rollout", "auto", "--version", canary, *FAST,
+            "--max-error-rate", "0.01", "--min-requests", "100", "--max-p99-ms", "5000",
+            check=False,
+        )  # fmt: skip
+        took = time.monotonic() - started
+        time.sleep(1)
+    assert proc.returncode == 10, proc.stdout + proc.stderr
+    assert "error-rate" in proc.stderr and "rolled back" in proc.stderr, proc.stderr
+    # one interval (4 s) plus the step's own apply and the rollback, not a second interval
+    assert took < 4 + 6, (took, proc.stdout)
+    assert traffic.of(canary)[500] > 0, traffic.answers  # the canary really failed requests
+    # the stable arm never failed: before, during or after the rollback
+    assert set(traffic.of(stable)) == {200}, traffic.answers
+    assert {v for v, _ in traffic.answers} <= {stable, canary}, traffic.answers
+    assert _served_only_by(stack, stable)
+    assert _champion(stack) == stable
+    tags = _tags(stack, canary)
+    assert tags["rollout.decision"] == "rolled_back"
+    assert "error-rate" in tags["rollout.reason"]
+    assert '"max_error_rate": 0.01' in tags["rollout.thresholds"]
+    assert "5xx error rate" in tags["rollout.table"]
+
+
+def test_a_canary_with_p99_over_the_threshold_is_rolled_back(
+    stack: Session, versions: dict[str, str], stable: str
+) -> None:
+    canary = versions["second"]
+    with Traffic(stack) as traffic:
+        stack.run("pipelines.rollout", "canary", "--version", canary, "--percent", "50",
+                  "--fault-latency-ms", "600")  # fmt: skip
+        proc = stack.run(
+            "pipelines.rollout", "auto", "--version", canary, *FAST,
+            "--max-p99-ms", "400", "--min-requests", "5",
+            check=False,
+        )  # fmt: skip
+    assert proc.returncode == 10, proc.stdout + proc.stderr
+    assert "latency-p99" in proc.stderr, proc.stderr
+    assert set(traffic.of(stable)) == {200}, traffic.answers
+    assert _served_only_by(stack, stable)
+    assert _tags(stack, canary)["rollout.decision"] == "rolled_back"
+
+
+def test_a_healthy_canary_is_promoted_through_every_step(
+    stack: Session, versions: dict[str, str], stable: str
+) -> None:
+    canary = versions["second"]
+    with Traffic(stack) as traffic:
+        proc = stack.run(
+            "pipelines.rollout", "auto", "--version", canary, *FAST,
+            "--steps", "25,50,100", "--min-requests", "20", "--max-p99-ms", "2000",
+            check=False,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for step in ("step 25%", "step 50%", "promoted version"):
+        assert step in proc.stdout, proc.stdout
+    assert proc.stdout.count("verdict: pass") >= 2, proc.stdout
+    assert traffic.of(canary)[200] > 0 and set(traffic.of(canary)) == {200}
+    assert set(traffic.of(stable)) == {200}
+    assert _served_only_by(stack, canary)
+    assert _champion(stack) == canary
+    assert _tags(stack, canary)["rollout.decision"] == "promoted"
+    # `analyze` reads the same figures: the promoted canary vs the old champion
+    shown = stack.run(
+        "pipelines.rollout", "analyze", "--canary-version", canary, "--stable-version", stable,
+        "--window", "30", "--min-clicks", "0", "--json",
+    )  # fmt: skip
+    assert '"verdict"' in shown.stdout and f'"version": "{canary}"' in shown.stdout
+
+
+def test_a_version_whose_gate_failed_is_refused_before_anything_changes(
+    stack: Session, versions: dict[str, str], stable: str
+) -> None:
+    canary = versions["second"]
+    client = registry.connect(stack.settings.mlflow_url)
+    client.set_model_version_tag(MODEL, canary, "quality_gate", "failed")
+    try:
+        proc = stack.run("pipelines.rollout", "auto", "--version", canary, *FAST, check=False)
+    finally:
+        client.set_model_version_tag(MODEL, canary, "quality_gate", "passed")
+    assert proc.returncode == 10, proc.stderr
+    assert "quality gate" in proc.stderr and "--force" in proc.stderr
+    assert _served_only_by(stack, stable)
+
+
+@pytest.mark.skip(
+    reason="needs the event sink (movie_mlops_feedback_total{event,model_version}), built on "
+    "another branch; the CTR statistics are unit-tested in tests/unit/test_canary_analysis.py"
+)
+def test_a_canary_with_lower_ctr_is_rolled_back() -> None:  # pragma: no cover
+    """Once the sink and simulated users exist: a lower-CTR canary (the popularity model) is
+    rolled back with "ctr" named once both arms have --min-clicks, and not before."""
