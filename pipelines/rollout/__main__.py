@@ -52,6 +52,29 @@ PrometheusOpt = Annotated[
     typer.Option("--prometheus-url", envvar=PROMETHEUS_URL.name, help="Prometheus (analysis)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+FaultRateOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--fault-error-rate",
+        min=0.0,
+        max=1.0,
+        help="TESTS/DEMOS ONLY (local stack): the canary answers this share with 500.",
+    ),
+]
+FaultLatencyOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--fault-latency-ms",
+        min=0.0,
+        help="TESTS/DEMOS ONLY (local stack): the canary adds this delay to every request.",
+    ),
+]
+
+
+def _faults(error_rate: float | None, latency_ms: float | None) -> dict[str, str]:
+    """The predictor's test-fault environment from the flags (empty: none)."""
+    pairs = ((FAULT_ERROR_RATE.name, error_rate), (FAULT_LATENCY_MS.name, latency_ms))
+    return {name: f"{value:g}" for name, value in pairs if value}
 
 
 def _namespace(given: str | None) -> str:
@@ -113,34 +136,12 @@ def canary_cmd(
     force: Annotated[
         bool, typer.Option("--force", help="Roll out a version whose quality gate failed.")
     ] = False,
-    fault_error_rate: Annotated[
-        float | None,
-        typer.Option(
-            "--fault-error-rate",
-            min=0.0,
-            max=1.0,
-            help="TESTS/DEMOS ONLY (local stack): the canary answers this share with 500.",
-        ),
-    ] = None,
-    fault_latency_ms: Annotated[
-        float | None,
-        typer.Option(
-            "--fault-latency-ms",
-            min=0.0,
-            help="TESTS/DEMOS ONLY (local stack): the canary adds this delay to every request.",
-        ),
-    ] = None,
+    fault_error_rate: FaultRateOpt = None,
+    fault_latency_ms: FaultLatencyOpt = None,
 ) -> None:
     """Start a canary of a registered version (or the first rollout, at 100 %)."""
     settings: RolloutSettings = ctx.obj
-    faults = {
-        name: f"{value:g}"
-        for name, value in (
-            (FAULT_ERROR_RATE.name, fault_error_rate),
-            (FAULT_LATENCY_MS.name, fault_latency_ms),
-        )
-        if value
-    }
+    faults = _faults(fault_error_rate, fault_latency_ms)
     _run(
         settings,
         "canary",
@@ -261,6 +262,8 @@ def auto_cmd(
     min_requests: _opt("Canary requests per analysis needed to judge.", int) = None,
     min_clicks: _opt("Clicks per arm before the CTR test judges (0: no CTR check).", int) = None,
     ctr_alpha: _opt("One-sided significance of 'the canary's CTR is lower'.") = None,
+    fault_error_rate: FaultRateOpt = None,
+    fault_latency_ms: FaultLatencyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Canary, analyse, step up — or roll back automatically (exit 10 naming the check)."""
@@ -286,6 +289,7 @@ def auto_cmd(
             version,
             overrides,
             force=force,
+            faults=_faults(fault_error_rate, fault_latency_ms) or None,
             echo=echo,
         )
     )

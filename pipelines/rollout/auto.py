@@ -164,16 +164,19 @@ class Outcome:
 
 
 def _record(settings: RolloutSettings, client: Any, outcome: Outcome) -> None:
-    """The decision and its evidence as tags of the model version (a failure is logged only)."""
+    """The decision and its evidence as tags of the model version (a failure is logged only).
+
+    Three tags (each is one authenticated call): ``rollout.decision`` (``promoted`` |
+    ``rolled_back``), ``rollout.reason`` and ``rollout.evidence`` — JSON holding the step, the
+    thresholds, the last analysis with its table, and the history of analyses.
+    """
+    evidence = outcome.to_json()
+    evidence["at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    evidence["table"] = table(outcome.analysis) if outcome.analysis else ""
     tags = {
         DECISION_TAG: outcome.decision,
         "rollout.reason": outcome.reason,
-        "rollout.step_percent": str(outcome.step),
-        "rollout.stable_version": outcome.stable,
-        "rollout.at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "rollout.thresholds": json.dumps(outcome.plan.describe(), sort_keys=True),
-        "rollout.table": table(outcome.analysis) if outcome.analysis else "",
-        "rollout.evidence": json.dumps(outcome.to_json(), sort_keys=True),
+        "rollout.evidence": json.dumps(evidence, sort_keys=True),
     }
     try:
         with registry.mlflow_errors("tagging the version", settings.tracking_uri):
@@ -193,9 +196,13 @@ def run(
     overrides: dict[str, str],
     *,
     force: bool = False,
+    faults: dict[str, str] | None = None,
     echo: Echo = print,
 ) -> Outcome:
-    """Roll ``version`` out step by step; promote it, or roll it back and raise."""
+    """Roll ``version`` out step by step; promote it, or roll it back and raise.
+
+    ``faults`` (tests and demos only): start the canary with the predictor's test faults.
+    """
     version = parse_version(version)
     plan = Plan.of(backend.get(), overrides)
     backend.status()  # the local stack down: fails here, nothing changed
@@ -242,7 +249,8 @@ def run(
             _record(settings, client, done)
             echo(f"promoted version {version}: {reason}")
             return done
-        canary(settings, backend, version, step, force=force)
+        canary(settings, backend, version, step, force=force, faults=faults)
+        faults = None  # later steps keep the same revision
         step_started = time.monotonic()
         echo(f"step {step}%: canary serving; first analysis in {plan.interval:g} s")
         next_at = step_started + plan.interval
