@@ -145,9 +145,7 @@ def canary_cmd(
     _run(
         settings,
         "canary",
-        lambda backend: canary(
-            settings, backend, version, percent, force=force, faults=faults or None
-        ),
+        lambda backend: canary(settings, backend, version, percent, force=force, faults=faults),
     )
 
 
@@ -289,7 +287,7 @@ def auto_cmd(
             version,
             overrides,
             force=force,
-            faults=_faults(fault_error_rate, fault_latency_ms) or None,
+            faults=_faults(fault_error_rate, fault_latency_ms),
             echo=echo,
         )
     )

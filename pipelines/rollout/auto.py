@@ -201,7 +201,9 @@ def run(
 ) -> Outcome:
     """Roll ``version`` out step by step; promote it, or roll it back and raise.
 
-    ``faults`` (tests and demos only): start the canary with the predictor's test faults.
+    ``faults`` (tests and demos only): start the canary with the predictor's test faults;
+    without them the canary starts clean (a revision of this version left with faults by an
+    earlier command is replaced).
     """
     version = parse_version(version)
     plan = Plan.of(backend.get(), overrides)
@@ -249,8 +251,10 @@ def run(
             _record(settings, client, done)
             echo(f"promoted version {version}: {reason}")
             return done
-        canary(settings, backend, version, step, force=force, faults=faults)
-        faults = None  # later steps keep the same revision
+        first = step == plan.steps[0]
+        canary(
+            settings, backend, version, step, force=force, faults=(faults or {}) if first else None
+        )
         step_started = time.monotonic()
         echo(f"step {step}%: canary serving; first analysis in {plan.interval:g} s")
         next_at = step_started + plan.interval

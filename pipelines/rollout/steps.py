@@ -171,8 +171,9 @@ def canary(
     registration did not finish) is refused unless ``force``.
 
     ``faults`` (tests and demos only, local target only): the predictor's
-    ``MODEL_SERVER_FAULT_*`` environment for the new revision (`model_server.faults`). A new
-    version without them starts clean; the same version again keeps its revision as it is.
+    ``MODEL_SERVER_FAULT_*`` environment of the revision (`model_server.faults`): exactly these
+    (``{}``: none). ``None`` keeps the revision's as they are for the same version (a later
+    step of one canary) and clears them for another version.
     """
     version = parse_version(version)
     if faults and settings.target is Target.CLUSTER:

@@ -176,6 +176,10 @@ def test_a_healthy_canary_is_promoted_through_every_step(
     assert _served_only_by(stack, canary)
     assert _champion(stack) == canary
     assert _tags(stack, canary)["rollout.decision"] == "promoted"
+    # the faulty revisions of the tests before were replaced: this canary started clean
+    isvc = json.loads(stack.settings.layout.isvc_file.read_text())
+    env = isvc["spec"]["predictor"]["containers"][0]["env"]
+    assert not [e for e in env if e["name"].startswith("MODEL_SERVER_FAULT_")], env
     # `analyze` reads the same figures: the promoted canary vs the old champion
     shown = stack.run(
         "pipelines.rollout", "analyze", "--canary-version", canary, "--stable-version", stable,
