@@ -11,7 +11,7 @@ import logging
 import sys
 import time
 
-SUITES = ["crawl", "features", "train", "large", "serving", "control_plane"]
+SUITES = ["crawl", "features", "train", "large", "serving", "control_plane", "canary"]
 
 
 def main(argv: list[str]) -> int:
