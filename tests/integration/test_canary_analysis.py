@@ -188,6 +188,12 @@ def test_a_healthy_canary_is_promoted_through_every_step(
     )  # fmt: skip
     assert shown.canary.requests > 0 and shown.stable.requests > 0
     assert shown.canary.p99 is not None and shown.canary.p99 < 2.0
+    # every revision is a target labelled with its revision and version; the ingress counts too
+    prom = analysis.Prometheus(stack.settings.prometheus_url)
+    up = prom.query('max by (model_version) (up{job="model-server"})')
+    assert up.get(canary) == 1.0, up
+    proxied = prom.query("sum by (model_version) (movie_mlops_ingress_requests_total)")
+    assert proxied.get(canary, 0) > 0 and proxied.get(stable, 0) > 0, proxied
 
 
 @pytest.mark.skip(

@@ -6,6 +6,7 @@ figures a rollback is decided on.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -119,3 +120,22 @@ def test_the_plan_comes_from_annotations_with_flags_on_top() -> None:
 def test_a_bad_plan_is_a_usage_error(steps: str) -> None:
     with pytest.raises(ConfigError, match="canary-steps"):
         Plan.parse({"steps": steps})
+
+
+def test_the_local_prometheus_scrapes_revisions_ingress_and_sink(tmp_path) -> None:
+    from contracts.layout import StackLayout
+    from localstack import prometheus
+
+    layout = StackLayout(tmp_path)
+    path = prometheus.prepare(layout, "127.0.0.1:8080", "http://127.0.0.1:8070")
+    config = json.loads(path.read_text())  # JSON is YAML: what Prometheus reads
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    revisions = jobs["model-server"]
+    assert revisions["honor_labels"] is True  # the series' own model_version wins
+    (sd,) = revisions["file_sd_configs"]
+    assert sd["files"] == [str(layout.revision_targets.resolve())]
+    assert json.loads(layout.revision_targets.read_text()) == []  # exists before any revision
+    assert jobs["ingress"]["static_configs"] == [{"targets": ["127.0.0.1:8080"]}]
+    assert jobs["event-sink"]["metrics_path"] == "/metrics"
+    assert jobs["event-sink"]["static_configs"] == [{"targets": ["127.0.0.1:8070"]}]
+    assert config["global"]["scrape_interval"] == "2s"
