@@ -204,12 +204,15 @@ def restore_aliases(client: Any, name: str, snapshot: dict[str, str | None]) -> 
     log.info("aliases restored: %s", snapshot)
 
 
+TAG_VALUE_LIMIT = 5000  # MLflow's longest model-version tag value
+
+
 def tag_version(client: Any, name: str, version: str, tags: dict[str, str]) -> None:
     """Set tags on a model version (e.g. the automated rollout's decision and its evidence).
 
-    MLflow limits a tag value to 5,000 characters: a longer one is cut, and says so.
+    A value over MLflow's limit (`TAG_VALUE_LIMIT`) is cut, and says so.
     """
-    limit = 5000
+    limit = TAG_VALUE_LIMIT
     for key, value in tags.items():
         text = value if len(value) <= limit else value[: limit - 20] + "…[truncated]"
         client.set_model_version_tag(name, version, key, text)

@@ -22,7 +22,14 @@ from pipelines import cli, registry
 from pipelines.errors import ConfigError, RolloutError
 from pipelines.rollout import analysis, auto
 from pipelines.rollout.backends import make_backend
-from pipelines.rollout.steps import RolloutSettings, Target, canary, promote, rollback
+from pipelines.rollout.steps import (
+    RolloutSettings,
+    Target,
+    canary,
+    parse_version,
+    promote,
+    rollback,
+)
 
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -220,8 +227,8 @@ def analyze_cmd(
                 ctr_alpha=ctr_alpha,
             ),
         )
-        canary_v = canary_version or auto.served_canary(isvc)
-        stable_v = stable_version
+        canary_v = parse_version(canary_version) if canary_version else auto.served_canary(isvc)
+        stable_v = parse_version(stable_version) if stable_version else None
         if stable_v is None:
             client = registry.connect(
                 settings.tracking_uri, settings.connect_retries, identity=ROLLOUT

@@ -173,11 +173,13 @@ def _record(settings: RolloutSettings, client: Any, outcome: Outcome) -> None:
     evidence = outcome.to_json()
     evidence["at"] = datetime.now(UTC).isoformat(timespec="seconds")
     evidence["table"] = table(outcome.analysis) if outcome.analysis else ""
-    tags = {
-        DECISION_TAG: outcome.decision,
-        "rollout.reason": outcome.reason,
-        "rollout.evidence": json.dumps(evidence, sort_keys=True),
-    }
+    text = json.dumps(evidence, sort_keys=True)
+    while len(text) > registry.TAG_VALUE_LIMIT and evidence["history"]:
+        evidence["history"] = evidence["history"][1:]  # the oldest analyses go first
+        evidence["history_truncated"] = True
+        text = json.dumps(evidence, sort_keys=True)
+    tags = {DECISION_TAG: outcome.decision, "rollout.reason": outcome.reason}
+    tags["rollout.evidence"] = text
     try:
         with registry.mlflow_errors("tagging the version", settings.tracking_uri):
             registry.tag_version(client, settings.model_name, outcome.version, tags)
