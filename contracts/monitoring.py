@@ -24,7 +24,7 @@ CODE_CLASSES = ("2xx", "4xx", "5xx")
 # event sink (contract of #11 and #12)
 FEEDBACK = "movie_mlops_feedback_total"  # counter {event="impression"|"click", model_version}
 
-# local ingress (localstack.ingress, GET /metrics on loopback only)
+# local ingress (localstack.ingress, GET /__local/metrics on loopback only)
 INGRESS_REQUESTS = "movie_mlops_ingress_requests_total"  # counter {revision, model_version, code}
 
 # Prometheus job names of the scrape targets (local config; the cluster's PodMonitors)

@@ -17,9 +17,11 @@ path                                        method   answer
 ``/healthz``                                GET      the ingress is up
 ``/__local/status``                         GET      the controller's status; only to a client
                                                      on loopback naming a loopback ``Host``
-``/metrics``                                GET      Prometheus text: proxied requests by
-                                                     revision, version and status class; only
-                                                     to a loopback client (the local Prometheus)
+``/__local/metrics``                        GET      the ingress's own Prometheus text:
+                                                     proxied requests by revision, version and
+                                                     status class; only to a loopback client
+                                                     naming a loopback ``Host`` (``/metrics``
+                                                     stays 404: no revision's metrics leak)
 ``/``, ``/<file>``                          GET      the page (unknown paths: ``index.html``)
 =========================================== ======== ==========================================
 
@@ -328,7 +330,7 @@ def build_app(
         ("GET", "/healthz"): lambda _: _ok(),
         ("GET", "/config.json"): lambda _: _config(poster_base_url, controller),
         ("GET", "/__local/status"): status,
-        ("GET", "/metrics"): metrics,
+        ("GET", "/__local/metrics"): metrics,
     }
 
     async def dispatch(request: web.Request) -> web.StreamResponse:

@@ -10,7 +10,7 @@ job              targets                                                       t
 ================ ============================================================= ===================
 ``model-server`` every running revision (file_sd ``targets/model-server.json``, ``revision``,
                  replaced atomically by `localstack.controller`)                ``model_version``
-``ingress``      the ingress's loopback-only ``/metrics``
+``ingress``      the ingress's loopback-only ``/__local/metrics``
 ``event-sink``   ``$EVENTS_URL/metrics`` (down until the sink runs)
 ================ ============================================================= ===================
 
@@ -31,6 +31,7 @@ from contracts.monitoring import JOB_EVENTS, JOB_INGRESS, JOB_MODEL_SERVER
 
 SCRAPE_INTERVAL = "2s"
 RETENTION = "1d"
+INGRESS_METRICS_PATH = "/__local/metrics"  # localstack.ingress: loopback clients only
 BINARY_CANDIDATES = ("prometheus", "/usr/bin/prometheus")
 
 
@@ -60,7 +61,11 @@ def config(layout: StackLayout, ingress: str, events_url: str) -> dict[str, obje
                     {"files": [str(layout.revision_targets.resolve())], "refresh_interval": "5s"}
                 ],
             },
-            {"job_name": JOB_INGRESS, "static_configs": [{"targets": [ingress]}]},
+            {
+                "job_name": JOB_INGRESS,
+                "metrics_path": INGRESS_METRICS_PATH,
+                "static_configs": [{"targets": [ingress]}],
+            },
             {
                 "job_name": JOB_EVENTS,
                 "scheme": events.scheme or "http",

@@ -136,6 +136,7 @@ def test_the_local_prometheus_scrapes_revisions_ingress_and_sink(tmp_path) -> No
     assert sd["files"] == [str(layout.revision_targets.resolve())]
     assert json.loads(layout.revision_targets.read_text()) == []  # exists before any revision
     assert jobs["ingress"]["static_configs"] == [{"targets": ["127.0.0.1:8080"]}]
+    assert jobs["ingress"]["metrics_path"] == "/__local/metrics"
     assert jobs["event-sink"]["metrics_path"] == "/metrics"
     assert jobs["event-sink"]["static_configs"] == [{"targets": ["127.0.0.1:8070"]}]
     assert config["global"]["scrape_interval"] == "2s"
