@@ -17,7 +17,7 @@ PIP = _pip() { $(PY) -m pip install --quiet "$$@" >$(VENV)/pip.log 2>&1 || { gre
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help install lock lint fmt test test-python test-frontend test-e2e-collect demo bench \
-        up down status frontend tools browser datasets clean \
+        up down status frontend tools browser prometheus datasets clean \
         kind-up kind-down images kind-load deploy undeploy train validate-manifests test-e2e
 
 help: ## List the targets
@@ -69,6 +69,14 @@ browser: ## Install Debian's Chromium for the page tests (as root)
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	  else echo "note: chromium missing (apt-get install chromium as root); page tests will skip"; fi; fi
 
+prometheus: ## Install Debian's Prometheus server for the local stack and its tests (as root)
+	@if ! command -v prometheus >/dev/null && [ ! -x /usr/bin/prometheus ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	    if command -v systemctl >/dev/null && systemctl is-system-running >/dev/null 2>&1; then \
+	      systemctl disable --now prometheus >/dev/null 2>&1 || true; fi; \
+	  else echo "note: prometheus missing (apt-get install prometheus as root); make up runs without it and the canary-analysis tests skip"; fi; fi
+
 # -- quality --------------------------------------------------------------------------------
 
 lint: $(STAMP) ## ruff lint + format check
@@ -79,7 +87,7 @@ fmt: $(STAMP) ## Format the code with ruff
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint tools browser test-frontend test-python test-e2e-collect ## The whole suite: lint, front end, Python unit + integration, e2e collection
+test: lint tools browser prometheus test-frontend test-python test-e2e-collect ## The whole suite: lint, front end, Python unit + integration, e2e collection
 
 test-python: $(STAMP) $(DIST) datasets
 	$(PY) -m pytest tests/unit tests/integration --durations=20
@@ -92,7 +100,7 @@ test-e2e-collect: $(STAMP)
 
 # -- one machine ----------------------------------------------------------------------------
 
-up: $(STAMP) $(DIST) ## Start the local stack in the background (MLflow :5000, ingress :8080, sandbox :8090, events :8070)
+up: $(STAMP) $(DIST) prometheus ## Start the local stack in the background (MLflow :5000, ingress :8080, sandbox :8090, events :8070, Prometheus :9090)
 	$(PY) -m localstack up
 
 down: $(STAMP) ## Stop the local stack
@@ -101,7 +109,7 @@ down: $(STAMP) ## Stop the local stack
 status: $(STAMP) ## Show the local stack's services and traffic split
 	$(PY) -m localstack status
 
-demo: $(STAMP) $(DIST) ## Crawl -> features -> train -> serve on this machine, and show predictions
+demo: $(STAMP) $(DIST) prometheus ## Crawl -> features -> train -> serve on this machine, and show predictions
 	scripts/demo.sh
 
 bench: $(STAMP) ## Benchmarks that print speed, memory and quality figures (ML-100k from a PyPI wheel)

@@ -20,6 +20,7 @@ SUITES = [
     "control_plane",
     "events",
     "assignment",
+    "canary",
 ]
 
 

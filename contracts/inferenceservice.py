@@ -23,6 +23,21 @@ MODEL_DIGEST_ENV = "MODEL_DIGEST"  # the artefact digest recorded at registratio
 STEP_ANNOTATION = "movie-mlops.io/canary-step-percent"
 LOCAL_STEP_PERCENT = 50
 
+# The automated rollout (`python -m pipelines.rollout auto`): its steps and thresholds, per
+# overlay as annotations on the InferenceService; the local stack uses the dev overlay's values.
+CANARY_ANNOTATION_PREFIX = "movie-mlops.io/canary-"
+CANARY_PLAN_DEFAULTS = {  # annotation suffix -> dev's value
+    "steps": "50,100",  # traffic percents; the last must be 100 (the promote)
+    "interval-seconds": "30",  # wait this long at each step, then analyse
+    "failure-threshold": "2",  # failed analyses before an automatic rollback
+    "deadline-seconds": "600",  # a step with too few samples by then is rolled back
+    "max-error-rate": "0.01",  # canary 5xx share
+    "max-p99-ms": "500",  # canary p99 request latency
+    "min-requests": "50",  # canary requests per analysis window before judging
+    "min-clicks": "500",  # clicks on each arm before the CTR test judges (0: no CTR check)
+    "ctr-alpha": "0.05",  # one-sided significance of "the canary's CTR is lower"
+}
+
 # A registered version's artefact on the volume that holds MLflow's artefact store.
 ARTIFACTS_PVC_PREFIX = "pvc://mlflow-artifacts/"
 # What the MLflow server (``--serve-artifacts``) names a run's artefact root.

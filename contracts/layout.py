@@ -108,3 +108,13 @@ class StackLayout:
     def rollout_lock(self) -> Path:
         """Held by a rollout command for its whole read-modify-write-wait."""
         return self.stack / "rollout.lock"
+
+    @property
+    def prometheus(self) -> Path:
+        """The local Prometheus: its generated config, scrape targets and storage."""
+        return Path(self.root) / "prometheus"
+
+    @property
+    def revision_targets(self) -> Path:
+        """The model-server revisions to scrape (Prometheus file_sd), written by the controller."""
+        return self.prometheus / "targets" / "model-server.json"

@@ -59,3 +59,15 @@ MODEL_SERVER_HOST = EnvVar("MODEL_SERVER_HOST", LOOPBACK, "address the predictor
 MAX_REQUEST_BYTES = EnvVar(
     "MAX_REQUEST_BYTES", str(1 << 20), "largest request body the predictor and ingress read"
 )
+# The local Prometheus (#12); its URL defaults to the local stack.
+PROMETHEUS_PORT = EnvVar("PROMETHEUS_PORT", "9090", "local Prometheus port")
+PROMETHEUS_URL = EnvVar(
+    "PROMETHEUS_URL", f"http://{LOOPBACK}:{PROMETHEUS_PORT.default}", "Prometheus (canary analysis)"
+)
+# Test/demo-only faults of the predictor (`model_server.faults`): never set them in production.
+FAULT_ERROR_RATE = EnvVar(
+    "MODEL_SERVER_FAULT_ERROR_RATE", "", "tests only: share of predictions answered 500"
+)
+FAULT_LATENCY_MS = EnvVar(
+    "MODEL_SERVER_FAULT_LATENCY_MS", "", "tests only: delay added to every prediction"
+)

@@ -13,7 +13,7 @@ import typer
 from contracts.inferenceservice import traffic_table
 from contracts.names import MODEL_NAME, VERSION_HEADER
 from localstack.processes import ProcessError
-from localstack.stack import StackSettings, down, status, up
+from localstack.stack import StackSettings, down, installed, status, up
 
 app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
 
@@ -25,7 +25,7 @@ def _settings() -> StackSettings:
 
 @app.command("up")
 def up_() -> None:
-    """Start MLflow, the TMDB sandbox and the ingress in the background (127.0.0.1 only)."""
+    """Start MLflow, the TMDB sandbox, the ingress and Prometheus in the background (127.0.0.1)."""
     settings = _settings()
     try:
         urls = up(settings)
@@ -49,7 +49,10 @@ def status_() -> None:
     """Show which services run and the local InferenceService's traffic."""
     report = status(_settings())
     for name, pid in report["services"].items():
-        typer.echo(f"  {name:<8} {f'running (pid {pid})' if pid else 'stopped'}")
+        state = f"running (pid {pid})" if pid else "stopped"
+        if not pid and not installed(name):
+            state = "not installed (make prometheus)"
+        typer.echo(f"  {name:<10} {state}")
     observed = (report["inferenceservice"] or {}).get("status") or {}
     if not report["services"]["ingress"]:
         typer.echo("the local stack is down: no traffic is served (start it with `make up`)")

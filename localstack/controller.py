@@ -24,6 +24,10 @@ Declarative, durable and self-healing, as the cluster is:
   stable revision takes its share, and the other way round;
 * **revisions die with the controller** (``PR_SET_PDEATHSIG``), so a killed ingress leaves no
   orphan; the next controller starts them again from its record;
+* **scrape targets**: every revision with a running process is listed, with its revision name
+  and model version as labels, in Prometheus's file_sd format (``prometheus/targets/
+  model-server.json``, replaced atomically as revisions start and stop), the twin of the
+  cluster's PodMonitor;
 * **status** (``status.json``) is observed, never remembered: it is rewritten every tick with
   the time and the controller's pid, so a reader can tell a live stack from a stale file.
 """
@@ -56,7 +60,7 @@ from contracts.inferenceservice import (
 )
 from contracts.layout import StackLayout
 from contracts.names import MODEL_NAME
-from contracts.settings import MLFLOW_TRACKING_URI
+from contracts.settings import FAULT_ERROR_RATE, FAULT_LATENCY_MS, MLFLOW_TRACKING_URI
 from localstack.kserve import FALSE, TRUE, UNKNOWN, KServeState, RevisionHealth, reconcile
 from localstack.processes import free_port, spawn, stop_group
 
@@ -68,6 +72,9 @@ PROBE_FAILURES = 2  # consecutive failed probes before a ready revision counts a
 RECOVER_SECONDS = 30.0  # a revision that served before and is not ready again by then restarts
 BACKOFF_START, BACKOFF_MAX = 1.0, 30.0  # restart backoff, doubling (the kubelet's CrashLoop)
 _STATE_VERSION = 2  # 2: the Knative Service's generation, traffic and template
+# container environment passed through to a revision's process besides the model's own:
+# the predictor's test-only faults (`model_server.faults`)
+PASSED_ENV = (FAULT_ERROR_RATE.name, FAULT_LATENCY_MS.name)
 
 
 class RevisionState(StrEnum):
@@ -88,6 +95,7 @@ class Revision:
     model_version: str | None
     storage_uri: str
     digest: str | None = None  # MODEL_DIGEST: the predictor refuses other files
+    env: dict[str, str] = field(default_factory=dict)  # `PASSED_ENV` entries of the template
     ever_ready: bool = False  # Knative's "latest ready" is sticky: pods restart, it stays
     state: RevisionState = RevisionState.STOPPED
     message: str = ""
@@ -125,6 +133,7 @@ class Revision:
             "model_version": self.model_version,
             "storage_uri": self.storage_uri,
             "digest": self.digest,
+            "env": self.env,
             "ever_ready": self.ever_ready,
             "failed": self.state is RevisionState.FAILED,
             "message": self.message if self.state is RevisionState.FAILED else "",
@@ -227,6 +236,7 @@ class Controller:
         self.isvc_name = MODEL_NAME
         self._session: aiohttp.ClientSession | None = None
         self._saved = ""
+        self._targets_written = ""
 
     # -- the controller's record -------------------------------------------------------
 
@@ -253,6 +263,7 @@ class Controller:
                 model_version=item.get("model_version"),
                 storage_uri=item.get("storage_uri", ""),
                 digest=item.get("digest"),
+                env=dict(item.get("env") or {}),
                 ever_ready=bool(item.get("ever_ready")),
             )
             if item.get("failed"):
@@ -310,6 +321,7 @@ class Controller:
             model_version=env.get(MODEL_VERSION_ENV),
             storage_uri=env.get(STORAGE_URI_ENV, ""),
             digest=env.get(MODEL_DIGEST_ENV) or None,
+            env={k: env[k] for k in PASSED_ENV if env.get(k)},
         )
 
     # -- supervision (the kubelet's part) ----------------------------------------------
@@ -332,6 +344,7 @@ class Controller:
             MODEL_VERSION_ENV: revision.model_version or "",
             MODEL_DIGEST_ENV: revision.digest or "",
             MLFLOW_TRACKING_URI.name: self.mlflow_url,
+            **{name: revision.env.get(name, "") for name in PASSED_ENV},
         }
         revision.process = spawn(argv, log_file=revision.log_file, env=extra, die_with_parent=True)
         revision.pid = revision.process.pid
@@ -489,7 +502,25 @@ class Controller:
                 self._stop(revision)
         self.routing = self._routing(status)
         self._save()
+        self._write_targets()
         self._write_status(status)
+
+    def _write_targets(self) -> None:
+        """The revisions to scrape now (Prometheus file_sd), replaced only when they change."""
+        targets = [
+            {
+                "targets": [f"127.0.0.1:{r.port}"],
+                "labels": {"revision": r.name, "model_version": r.model_version or ""},
+            }
+            for r in self.revisions
+            if r.port is not None and (r.process is not None or r.pid is not None)
+        ]
+        text = json.dumps(targets, sort_keys=True)
+        if text != self._targets_written:
+            path = self.layout.revision_targets
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, targets)
+            self._targets_written = text
 
     def _write_status(self, status: dict[str, Any]) -> None:
         """KServe's status plus what only a process supervisor knows (pids, states, versions)."""
@@ -540,3 +571,4 @@ class Controller:
                 self._stop(revision)
         with contextlib.suppress(OSError):
             self._save()
+            self._write_targets()

@@ -19,8 +19,12 @@ path                                        method   answer
 ``/healthz``                                GET      the ingress is up
 ``/__local/status``                         GET      the controller's status; only to a client
                                                      on loopback naming a loopback ``Host``
-``/__local/metrics``                        GET      the prediction log's counters (Prometheus
-                                                     text); loopback only, as ``/__local/status``
+``/__local/metrics``                        GET      the ingress's own Prometheus text:
+                                                     proxied requests by revision, version and
+                                                     status class, and the prediction log's
+                                                     counters; only to a loopback client
+                                                     naming a loopback ``Host`` (``/metrics``
+                                                     stays 404: no revision's metrics leak)
 ``/``, ``/<file>``                          GET      the page (unknown paths: ``index.html``)
 =========================================== ======== ==========================================
 
@@ -69,9 +73,11 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 import typer
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from contracts import events as ev
 from contracts.assignment import ARM_HEADER
+from contracts.monitoring import code_class
 from contracts.settings import (
     EVENTS_URL,
     INGRESS_PORT,
@@ -261,6 +267,13 @@ def build_app(
 ) -> web.Application:
     headers = security_headers(poster_base_url)  # ValueError for a bad URL: refuse to start
     app = web.Application(client_max_size=max_request_bytes)
+    registry = CollectorRegistry()
+    proxied = Counter(
+        "movie_mlops_ingress_requests",
+        "Requests proxied to a revision, by revision, model version and status class.",
+        ["revision", "model_version", "code"],
+        registry=registry,
+    )
     session_key = web.AppKey("session", aiohttp.ClientSession)
     controller_task_key = web.AppKey("controller", asyncio.Task)
     emitter = (
@@ -336,6 +349,8 @@ def build_app(
             except aiohttp.ClientError as err:
                 return _json_error(502, f"revision {revision.name} did not answer: {err}")
         out["X-Revision"] = revision.name
+        version = revision.model_version or ""
+        proxied.labels(revision.name, version, code_class(upstream.status)).inc()
         arm = controller.routing.arm_name(revision)
         if arm is not None:
             out[ARM_HEADER] = arm
@@ -371,12 +386,6 @@ def build_app(
         except (aiohttp.ClientError, TimeoutError) as err:
             return _json_error(503, f"the event sink did not answer: {err}")
 
-    async def local_metrics(request: web.Request) -> web.Response:
-        if not on_loopback(request):
-            return _not_found()
-        text = emitter.prometheus_text() if emitter is not None else ""
-        return web.Response(text=text, content_type="text/plain")
-
     def on_loopback(request: web.Request) -> bool:
         host = request.host.rsplit(":", 1)[0].strip("[]").lower()
         return request.remote in _LOOPBACK_HOSTS and host in _LOOPBACK_HOSTS
@@ -387,6 +396,15 @@ def build_app(
         path = controller.layout.status_file
         body = json.loads(path.read_text()) if path.is_file() else {"status": None}
         return web.json_response(body)
+
+    async def metrics(request: web.Request) -> web.Response:
+        if not on_loopback(request):
+            return _not_found()
+        # the proxied requests, then the prediction log's counters (names do not overlap)
+        text = generate_latest(registry)
+        if emitter is not None:
+            text += emitter.prometheus_text().encode()
+        return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def page(request: web.Request, path: str) -> web.StreamResponse:
         root = frontend_dist.resolve()
@@ -404,7 +422,7 @@ def build_app(
         ("GET", "/healthz"): lambda _: _ok(),
         ("GET", "/config.json"): lambda _: _config(poster_base_url, controller),
         ("GET", "/__local/status"): status,
-        ("GET", "/__local/metrics"): local_metrics,
+        ("GET", "/__local/metrics"): metrics,
         ("POST", ev.FEEDBACK_PATH): forward_feedback,
     }
 

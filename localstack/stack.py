@@ -1,6 +1,7 @@
-"""The one-machine twin of the cluster: MLflow, the TMDB sandbox and the ingress/controller.
+"""The one-machine twin of the cluster: MLflow, the TMDB sandbox, the ingress/controller and
+Prometheus.
 
-``make up`` starts four background processes, all bound to 127.0.0.1:
+``make up`` starts these background processes, all bound to 127.0.0.1:
 
 | service  | cluster twin                                  | default address          |
 |----------|-----------------------------------------------|--------------------------|
@@ -8,6 +9,10 @@
 | sandbox  | the dev overlay's in-cluster TMDB sandbox     | http://127.0.0.1:8090/3  |
 | events   | the ``event-sink`` Deployment (prediction log) | http://127.0.0.1:8070    |
 | ingress  | Knative ingress + KServe controller           | http://127.0.0.1:8080    |
+| prometheus | the monitoring component's Prometheus       | http://127.0.0.1:9090    |
+
+Prometheus (`localstack.prometheus`) is Debian's package (`make prometheus`); without it the
+stack starts without it and says so.
 
 State lives under ``.local/`` (``LOCAL_ROOT``): ``mlflow/`` (database and the artefact store that
 plays the ``mlflow-artifacts`` PVC), ``run/`` (pid files), ``logs/``, ``stack/`` (the local
@@ -35,8 +40,10 @@ from contracts.settings import (
     LOCAL_ROOT,
     LOOPBACK,
     MLFLOW_PORT,
+    PROMETHEUS_PORT,
     SANDBOX_PORT,
 )
+from localstack import prometheus
 from localstack.processes import (
     ProcessError,
     pid_alive,
@@ -49,7 +56,7 @@ from localstack.processes import (
 log = logging.getLogger(__name__)
 
 # started in this order, stopped in the reverse: the sink outlives the ingress that logs to it
-SERVICES = ("mlflow", "sandbox", "events", "ingress")
+SERVICES = ("mlflow", "sandbox", "events", "ingress", "prometheus")
 SANDBOX_TOKEN = "sandbox-token"  # the sandbox's own fake credential, not a secret
 
 
@@ -66,6 +73,7 @@ class StackSettings:
     frontend_dist: Path = Path("frontend/dist")
     data_dir: Path = DATA_DIR.default_path  # the event sink writes DATA_DIR/events/
     log_predictions: bool = True  # False: the ingress logs nothing (`make bench` compares)
+    prometheus_port: int = int(PROMETHEUS_PORT.default)
 
     @property
     def layout(self) -> StackLayout:
@@ -113,6 +121,10 @@ class StackSettings:
     def events_url(self) -> str:
         return f"http://{self.host}:{self.events_port}"
 
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://{self.host}:{self.prometheus_port}"
+
     @classmethod
     def from_env(cls) -> StackSettings:
         return cls(
@@ -122,6 +134,7 @@ class StackSettings:
             ingress_port=int(INGRESS_PORT.get()),
             events_port=int(EVENTS_PORT.get()),
             data_dir=DATA_DIR.path(),
+            prometheus_port=int(PROMETHEUS_PORT.get()),
         )
 
 
@@ -191,6 +204,13 @@ def _argv(settings: StackSettings, name: str) -> tuple[list[str], dict[str, str]
             "--data-dir", str(settings.data_dir),
         ]  # fmt: skip
         return argv, {}, f"{settings.events_url}/healthz", 60.0
+    if name == "prometheus":
+        layout = settings.layout
+        config = prometheus.prepare(
+            layout, f"{settings.host}:{settings.ingress_port}", settings.events_url
+        )
+        argv = prometheus.argv(layout, settings.host, settings.prometheus_port, config)
+        return argv, {}, f"{settings.prometheus_url}/-/ready", 60.0
     raise ValueError(f"unknown service {name!r}")
 
 
@@ -250,6 +270,7 @@ def _port(settings: StackSettings, name: str) -> int:
         "sandbox": settings.sandbox_port,
         "ingress": settings.ingress_port,
         "events": settings.events_port,
+        "prometheus": settings.prometheus_port,
     }[name]
 
 
@@ -290,18 +311,33 @@ def stop(settings: StackSettings, name: str) -> bool:
     return True
 
 
+def installed(name: str) -> bool:
+    """Whether a service's program is on this machine (only Prometheus may be missing)."""
+    return name != "prometheus" or prometheus.binary() is not None
+
+
 def up(settings: StackSettings) -> dict[str, str]:
     """Start the whole stack; return the URLs to show the user."""
-    for name in SERVICES:
-        start(settings, name)
-        if name == "mlflow":
-            provision_mlflow(settings)
-    return {
+    urls = {
         "mlflow": settings.mlflow_url,
         "tmdb sandbox": settings.sandbox_url,
         "ingress (page + predict)": settings.ingress_url,
         "event sink": settings.events_url,
+        "prometheus": settings.prometheus_url,
     }
+    for name in SERVICES:
+        if not installed(name):
+            log.warning(
+                "note: %s is not installed (`make prometheus` as root): the stack runs without "
+                "it, and `rollout analyze`/`auto` cannot measure canaries",
+                name,
+            )
+            urls.pop(name)
+            continue
+        start(settings, name)
+        if name == "mlflow":
+            provision_mlflow(settings)
+    return urls
 
 
 def down(settings: StackSettings) -> list[str]:

@@ -159,6 +159,7 @@ class RecommenderModel(Model):
         self._items = recommender.known_items
         self._predictions = self.metrics.predictions.labels(model_version=self.version)
         self._fallbacks = self.metrics.fallbacks.labels(model_version=self.version)
+        self.metrics.bind(self.version)
         self.recommender = recommender
         log.info(
             "loaded %s model version %s from %s: %d users, %d items, %d with display fields",

@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from model_server.errors import ModelSourceError, Rejection, ServingError
+from model_server.faults import FaultInjection, RequestTiming
 from model_server.limits import RequestBodyLimit, Respond, read_limited_protocol
 from model_server.metrics import Metrics
 from model_server.model import UNDECODED_JSON, VERSION_HEADER, RecommenderModel
@@ -162,7 +163,7 @@ def classify(exc: BaseException) -> Rejection | None:
 def report(rejection: Rejection, metrics: Metrics) -> None:
     """Count a 4xx in ``rejected_requests_total{reason}`` and log it as one line (no traceback)."""
     if rejection.status < 500:
-        metrics.rejected.labels(reason=rejection.reason).inc()
+        metrics.rejected.labels(reason=rejection.reason, model_version=metrics.version).inc()
         log.info(
             "rejected request (%d %s): %s", rejection.status, rejection.reason, rejection.message
         )
@@ -295,6 +296,7 @@ def _rest_server_class() -> type:
             settings: Settings,
             respond: Respond,
             on_refused: Callable[[Rejection], None],
+            metrics: Metrics,
             **kwargs: Any,
         ) -> None:
             super().__init__(*args, **kwargs)
@@ -304,6 +306,8 @@ def _rest_server_class() -> type:
             self.config.http = read_limited_protocol(settings.request_read_timeout, on_refused)
             self._max_request_bytes = settings.max_request_bytes
             self._respond = respond
+            self._settings = settings
+            self._metrics = metrics
 
         def _add_middlewares(self, app: Any) -> None:
             super()._add_middlewares(app)
@@ -312,6 +316,15 @@ def _rest_server_class() -> type:
                 RequestBodyLimit, max_bytes=self._max_request_bytes, respond=self._respond
             )
             app.add_middleware(ServedRoutesOnly)
+            settings, metrics = self._settings, self._metrics
+            if settings.fault_error_rate > 0 or settings.fault_latency_ms > 0:
+                app.add_middleware(
+                    FaultInjection,
+                    error_rate=settings.fault_error_rate,
+                    latency_ms=settings.fault_latency_ms,
+                    version=lambda: metrics.version,
+                )
+            app.add_middleware(RequestTiming, observe=metrics.observe)  # outermost: sees all
 
         def _add_exception_handlers(self, app: Any) -> None:
             super()._add_exception_handlers(app)
@@ -335,6 +348,7 @@ def _model_server_class() -> type:
             respond: Respond,
             on_refused: Callable[[Rejection], None],
             on_grpc_error: OnError,
+            metrics: Metrics,
         ) -> None:
             super().__init__(
                 http_port=settings.http_port,
@@ -354,6 +368,7 @@ def _model_server_class() -> type:
             self._respond = respond
             self._on_refused = on_refused
             self._on_grpc_error = on_grpc_error
+            self._metrics = metrics
 
         def start(self, models: list[Any]) -> None:
             """KServe's ``start`` for one worker, with our servers (same steps, same order)."""
@@ -371,6 +386,7 @@ def _model_server_class() -> type:
                 settings=self.settings,
                 respond=self._respond,
                 on_refused=self._on_refused,
+                metrics=self._metrics,
             )
             self.servers.append(self._rest_server.start())
             if self.enable_grpc:
@@ -460,7 +476,15 @@ def serve(model: Any, settings: Settings, metrics: Metrics) -> None:
         respond=respond,
         on_refused=lambda rejection: report(rejection, metrics),
         on_grpc_error=on_grpc_error,
+        metrics=metrics,
     )
+    if settings.fault_error_rate > 0 or settings.fault_latency_ms > 0:
+        log.warning(
+            "TEST FAULTS ON: %.1f %% of inference requests answered 500, %.0f ms added to each "
+            "(MODEL_SERVER_FAULT_*; for tests and demos only)",
+            settings.fault_error_rate * 100,
+            settings.fault_latency_ms,
+        )
     # Everything alive now (modules, the loaded model, its lookups: ~150k tracked objects) lives
     # until exit; without this each full collection walks all of it again, ~80 ms that landed on
     # whichever request triggered it (every third 1,000-user request in `bench serving`).

@@ -36,6 +36,10 @@ flag                        default                        meaning
                                                            answered 408 and disconnected
 ``--limit_concurrency``     ``64``                         connections + requests in progress;
                                                            past it a request is answered 503
+``--fault_error_rate``      ``$MODEL_SERVER_FAULT_``       TESTS/DEMOS ONLY: share (0..1) of
+                            ``ERROR_RATE`` or ``0``        inference requests answered 500
+``--fault_latency_ms``      ``$MODEL_SERVER_FAULT_``       TESTS/DEMOS ONLY: delay added to every
+                            ``LATENCY_MS`` or ``0``        inference request (`model_server.faults`)
 =========================== ============================== =====================================
 
 The limits (`model_server.limits`) bound what one client can cost: without them a stream of
@@ -62,6 +66,8 @@ from enum import Enum
 from pathlib import Path
 
 from contracts.settings import (
+    FAULT_ERROR_RATE,
+    FAULT_LATENCY_MS,
     MAX_REQUEST_BYTES,
     MLFLOW_TRACKING_URI,
     MODEL_DIGEST,
@@ -117,6 +123,8 @@ class Settings:
     max_request_bytes: int
     request_read_timeout: float
     limit_concurrency: int
+    fault_error_rate: float = 0.0  # tests and demos only (`model_server.faults`)
+    fault_latency_ms: float = 0.0  # tests and demos only
 
 
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -187,6 +195,20 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         default=DEFAULT_LIMIT_CONCURRENCY,
         help="connections and requests in progress at most; past it a request gets 503",
     )
+    parser.add_argument(
+        "--fault_error_rate",
+        type=float,
+        default=FAULT_ERROR_RATE.get(environ) or 0.0,
+        help="TESTS/DEMOS ONLY: share 0..1 of inference requests answered 500 "
+        "(env MODEL_SERVER_FAULT_ERROR_RATE)",
+    )
+    parser.add_argument(
+        "--fault_latency_ms",
+        type=float,
+        default=FAULT_LATENCY_MS.get(environ) or 0.0,
+        help="TESTS/DEMOS ONLY: delay added to every inference request "
+        "(env MODEL_SERVER_FAULT_LATENCY_MS)",
+    )
     parser.set_defaults(
         model_name=MODEL_NAME.get(environ),
         enable_grpc=False,
@@ -206,6 +228,10 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     for flag in ("max_request_bytes", "request_read_timeout", "limit_concurrency"):
         if getattr(args, flag) <= 0:
             parser.error(f"--{flag} must be positive")
+    if not 0.0 <= args.fault_error_rate <= 1.0:
+        parser.error("--fault_error_rate must be in 0..1")
+    if args.fault_latency_ms < 0:
+        parser.error("--fault_latency_ms must not be negative")
     model_dir = args.model_dir
     if model_dir is None and args.model_uri is None:
         model_dir = DEFAULT_MODEL_DIR
@@ -233,4 +259,6 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         max_request_bytes=args.max_request_bytes,
         request_read_timeout=args.request_read_timeout,
         limit_concurrency=args.limit_concurrency,
+        fault_error_rate=float(args.fault_error_rate),
+        fault_latency_ms=float(args.fault_latency_ms),
     )

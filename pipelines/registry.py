@@ -204,6 +204,20 @@ def restore_aliases(client: Any, name: str, snapshot: dict[str, str | None]) -> 
     log.info("aliases restored: %s", snapshot)
 
 
+TAG_VALUE_LIMIT = 5000  # MLflow's longest model-version tag value
+
+
+def tag_version(client: Any, name: str, version: str, tags: dict[str, str]) -> None:
+    """Set tags on a model version (e.g. the automated rollout's decision and its evidence).
+
+    A value over MLflow's limit (`TAG_VALUE_LIMIT`) is cut, and says so.
+    """
+    limit = TAG_VALUE_LIMIT
+    for key, value in tags.items():
+        text = value if len(value) <= limit else value[: limit - 20] + "…[truncated]"
+        client.set_model_version_tag(name, version, key, text)
+
+
 def gate_passed(mv: Any) -> bool:
     """Whether a registered version passed training's quality gate (untagged: it did)."""
     return (mv.tags or {}).get(QUALITY_GATE_TAG, "passed") != "failed"

@@ -10,7 +10,7 @@ PY=.venv/bin/python
 PAGES="${DEMO_PAGES:-50}"
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
-step "local stack (MLflow, TMDB sandbox, ingress) — make up"
+step "local stack (MLflow, TMDB sandbox, ingress, Prometheus) — make up"
 $PY -m localstack up
 
 export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-http://127.0.0.1:${MLFLOW_PORT:-5000}}"
@@ -66,5 +66,7 @@ Predict:       curl -s -H 'Content-Type: application/json' \\
                  -d '{"instances": [{"user_id": 1, "k": 5}]}' \\
                  http://127.0.0.1:${INGRESS_PORT:-8080}/v1/models/movie-recommender:predict
 MLflow UI:     $MLFLOW_TRACKING_URI
+Prometheus UI: ${PROMETHEUS_URL:-http://127.0.0.1:${PROMETHEUS_PORT:-9090}}  (canary analysis:
+               python -m pipelines.rollout analyze; automated: rollout auto --version N)
 Traffic:       make status        Stop everything: make down
 MSG

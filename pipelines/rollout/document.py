@@ -13,7 +13,10 @@ from contracts.inferenceservice import (
     STEP_ANNOTATION,
     STORAGE_URI_ENV,
 )
+from contracts.settings import FAULT_ERROR_RATE, FAULT_LATENCY_MS
 from pipelines.errors import RolloutError
+
+FAULT_ENV = (FAULT_ERROR_RATE.name, FAULT_LATENCY_MS.name)
 
 
 def new_inferenceservice(name: str) -> dict[str, Any]:
@@ -79,6 +82,16 @@ def set_version(isvc: dict[str, Any], storage_uri: str, version: str, digest: st
         _set_env(target, MODEL_DIGEST_ENV, digest)
     else:
         target["env"] = [e for e in target.get("env", []) if e.get("name") != MODEL_DIGEST_ENV]
+
+
+def set_faults(isvc: dict[str, Any], faults: dict[str, str]) -> None:
+    """The predictor's test-only fault environment: exactly ``faults`` (names in FAULT_ENV)."""
+    target = container(isvc)
+    target["env"] = [e for e in target.get("env", []) if e.get("name") not in FAULT_ENV]
+    for name, value in faults.items():
+        if name not in FAULT_ENV:
+            raise ValueError(f"{name} is not a predictor fault variable")
+        _set_env(target, name, value)
 
 
 def step_percent(isvc: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 from contracts.credentials import ROLLOUT
 from contracts.inferenceservice import STEP_ANNOTATION, storage_uri
 from contracts.names import ARTIFACT_PATH, CHAMPION, DIGEST_TAG, MODEL_NAME, PREVIOUS
-from contracts.settings import LOCAL_ROOT, MLFLOW_TRACKING_URI
+from contracts.settings import LOCAL_ROOT, MLFLOW_TRACKING_URI, PROMETHEUS_URL
 from pipelines import registry
 from pipelines.errors import ConfigError, PipelineError, RolloutError
 from pipelines.rollout import document
@@ -43,6 +43,7 @@ class RolloutSettings:
     local_root: Path = LOCAL_ROOT.default_path
     timeout: float = 300.0
     connect_retries: int = 3
+    prometheus_url: str = PROMETHEUS_URL.default
 
 
 def parse_version(value: str) -> str:
@@ -191,7 +192,7 @@ def _rolled_out(status: dict[str, Any]) -> str | None:
     return _predictor(status).get("latestRolledoutRevision")
 
 
-def _check_servable(settings: RolloutSettings, mv: Any, force: bool) -> None:
+def check_servable(settings: RolloutSettings, mv: Any, force: bool) -> None:
     """Refuse a version the registry does not vouch for (unless forced)."""
     tags = mv.tags or {}
     if not registry.gate_passed(mv) and not force:
@@ -236,6 +237,7 @@ def canary(
     percent: int | None = None,
     *,
     force: bool = False,
+    faults: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Roll ``version`` out to ``percent`` % of traffic (100 % when nothing is rolled out).
 
@@ -244,8 +246,15 @@ def canary(
     (the first one, or ``--percent 100``) is a promotion: the registry moves first
     (``champion``), then traffic. A version that failed its quality gate (or whose
     registration did not finish) is refused unless ``force``.
+
+    ``faults`` (tests and demos only, local target only): the predictor's
+    ``MODEL_SERVER_FAULT_*`` environment of the revision (`model_server.faults`): exactly these
+    (``{}``: none). ``None`` keeps the revision's as they are for the same version (a later
+    step of one canary) and clears them for another version.
     """
     version = parse_version(version)
+    if faults and settings.target is Target.CLUSTER:
+        raise ConfigError("test faults (--fault-*) are for the local stack only")
     with backend.lock():
         isvc = backend.get()
         status = backend.status() or {}  # the local stack down: fails here, nothing written
@@ -268,8 +277,10 @@ def canary(
         client = registry.connect(settings.tracking_uri, settings.connect_retries, identity=ROLLOUT)
         with registry.mlflow_errors(f"reading version {version}", settings.tracking_uri):
             mv = client.get_model_version(settings.model_name, version)
-        _check_servable(settings, mv, force)
+        check_servable(settings, mv, force)
         uri, digest = artefact_of(client, settings, version, force=force)
+        if faults is not None or document.served_version(isvc) != version:
+            document.set_faults(isvc, faults or {})
         document.set_version(isvc, uri, version, digest)
         predictor = isvc["spec"]["predictor"]
         rolled_out = _rolled_out(read["status"])

@@ -439,9 +439,12 @@ def test_paths_off_the_inference_routes_reach_no_revision(
 def test_the_status_route_answers_only_loopback_names(stack: Session) -> None:
     status, _, body = _raw(stack, "GET", "/__local/status")
     assert status == 200 and "status" in json.loads(body)
+    status, _, body = _raw(stack, "GET", "/__local/metrics")  # the local Prometheus scrapes it
+    assert status == 200 and b"movie_mlops_ingress_requests_total" in body
     for host in ("movie.example.com", "attacker.example"):  # e.g. a page rebinding its name
-        status, _, _ = _raw(stack, "GET", "/__local/status", {"Host": host})
-        assert status == 404, host
+        for path in ("/__local/status", "/__local/metrics"):
+            status, _, _ = _raw(stack, "GET", path, {"Host": host})
+            assert status == 404, (host, path)
 
 
 def test_a_body_over_the_limit_is_refused_by_the_ingress(

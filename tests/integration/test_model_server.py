@@ -70,10 +70,14 @@ class Server:
         return requests.post(self.predict_url, json={"instances": instances}, timeout=10)
 
     def metric(self, name: str, labels: str) -> float:
+        """The sample of ``name`` whose labels include ``labels`` (``'reason="x"'``)."""
         text = requests.get(f"{self.base_url}/metrics", timeout=5).text
+        wanted = set(labels.split(","))
         for line in text.splitlines():
-            if line.startswith(f"{name}{{{labels}}} "):
-                return float(line.rsplit(" ", 1)[1])
+            if line.startswith(f"{name}{{"):
+                have = set(line[len(name) + 1 :].rsplit("}", 1)[0].split(","))
+                if wanted <= have:
+                    return float(line.rsplit(" ", 1)[1])
         return 0.0
 
 
@@ -474,6 +478,48 @@ def test_metrics_count_predictions_fallbacks_and_rejections(server: Server) -> N
     assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 1]
     text = requests.get(f"{server.base_url}/metrics", timeout=5).text
     assert f'request_predict_seconds_count{{model_name="{MODEL}"}}' in text
+
+
+def test_every_inference_request_is_timed_and_counted_by_version_and_status(
+    server: Server,
+) -> None:
+    version = f'model_version="{VERSION}"'
+    count = "movie_recommender_request_seconds_count"
+    ok, client = f'{version},code="2xx"', f'{version},code="4xx"'
+    before = [server.metric(count, version), server.metric("movie_recommender_responses_total", ok)]
+    before.append(server.metric("movie_recommender_responses_total", client))
+    assert server.predict([{"user_id": 1}]).status_code == 200
+    assert server.predict([{"user_id": 1, "k": -1}]).status_code == 400
+    requests.get(f"{server.base_url}/v1/models/{MODEL}", timeout=5)  # not an inference
+    after = [server.metric(count, version), server.metric("movie_recommender_responses_total", ok)]
+    after.append(server.metric("movie_recommender_responses_total", client))
+    assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 1]
+    # the 5xx series exists from the start (at 0), so a revision's first failure is counted
+    assert server.metric("movie_recommender_responses_total", f'{version},code="5xx"') == 0
+    text = requests.get(f"{server.base_url}/metrics", timeout=5).text
+    assert f'movie_recommender_request_seconds_bucket{{le="0.5",{version}}}' in text
+
+
+def test_test_faults_fail_a_share_and_delay_every_inference(artefact: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "MODEL_VERSION": "9", "MODEL_SERVER_FAULT_ERROR_RATE": "0.3"}
+    srv = _start(artefact, tmp_path / "faulty.log", "--fault_latency_ms", "50", env=env)
+    try:
+        _wait_ready(srv)
+        started = time.monotonic()
+        codes = [srv.predict([{"user_id": 1}]) for _ in range(60)]
+        elapsed = time.monotonic() - started
+        failed = [r for r in codes if r.status_code == 500]
+        assert 5 <= len(failed) <= 35, len(failed)  # 30 % of 60, very loosely
+        assert {r.status_code for r in codes} == {200, 500}
+        assert failed[0].headers["X-Model-Version"] == "9"  # the canary that failed says so
+        assert "injected fault" in failed[0].json()["error"]
+        assert elapsed >= 60 * 0.05
+        assert srv.metric("movie_recommender_responses_total", 'code="5xx"') == len(failed)
+        # health and metadata are never faulted (the controller's probes see a ready revision)
+        assert requests.get(f"{srv.base_url}/v1/models/{MODEL}", timeout=5).status_code == 200
+        assert "TEST FAULTS ON" in srv.log_path.read_text()
+    finally:
+        _stop(srv)
 
 
 # -- V2 (Open Inference Protocol), over REST and gRPC, with KServe's own clients -----------

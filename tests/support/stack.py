@@ -74,6 +74,7 @@ def local_stack(root: Path) -> Iterator[Session]:
         events_port=free_port(),
         frontend_dist=REPO_ROOT / "frontend" / "dist",
         data_dir=root / "data",
+        prometheus_port=free_port(),
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TMDB_", "MLFLOW_"))}
     env.update(
@@ -83,6 +84,8 @@ def local_stack(root: Path) -> Iterator[Session]:
         INGRESS_PORT=str(settings.ingress_port),
         SANDBOX_PORT=str(settings.sandbox_port),
         EVENTS_PORT=str(settings.events_port),
+        PROMETHEUS_PORT=str(settings.prometheus_port),
+        PROMETHEUS_URL=settings.prometheus_url,
         EVENTS_URL=settings.events_url,
         MLFLOW_TRACKING_URI=settings.mlflow_url,
         TMDB_BASE_URL=settings.sandbox_url,

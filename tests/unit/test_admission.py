@@ -175,6 +175,7 @@ REFUSED: dict[str, Edit] = {
     "resources": lambda isvc: _container(isvc).__setitem__("resources", {}),
     "securityContext dropped": lambda isvc: _container(isvc).pop("securityContext"),
     "a new env variable": _add_env("LD_PRELOAD", "/tmp/x.so"),
+    "the predictor's test-only faults": _add_env("MODEL_SERVER_FAULT_ERROR_RATE", "0.05"),
     "a model variable read from a Secret": _env_from_secret,
     "another variable of the container": _change_other_env,
     "a sidecar container": _sidecar,

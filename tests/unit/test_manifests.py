@@ -381,6 +381,28 @@ def test_rollout_rbac_is_namespaced_and_minimal(overlay):
     assert rollout["serviceAccountName"] == "rollout"
 
 
+CANARY_STEPS = {"dev": (50, 100), "staging": (10, 50, 100), "prod": (5, 10, 25, 50, 100)}
+
+
+def test_each_overlay_sets_a_measured_rollout_plan_and_the_job_reaches_prometheus(overlay):
+    from pipelines.rollout.auto import Plan
+
+    env, objs = overlay
+    isvc = by_kind(objs, "InferenceService")["movie-recommender"]
+    plan = Plan.of(isvc, {})  # every annotation parses
+    assert plan.steps == CANARY_STEPS[env]
+    assert str(plan.steps[0]) == CANARY_STEP[env]  # `canary` without --percent: the first step
+    intervals = {"dev": 30, "staging": 60, "prod": 300}
+    assert plan.interval == intervals[env]
+    assert plan.failure_threshold >= 2 and plan.thresholds.min_requests > 0
+    rollout = pod_spec(by_kind(objs, "CronJob")["rollout"])["containers"][0]
+    envs = {e["name"]: e.get("value") for e in rollout["env"]}
+    assert envs["PROMETHEUS_URL"].startswith("http://prometheus-operated.monitoring.svc:")
+    job = by_kind(objs, "CronJob")["rollout"]["spec"]["jobTemplate"]["spec"]
+    longest = len(plan.steps) * plan.interval + plan.deadline
+    assert job["activeDeadlineSeconds"] >= longest, "the Job would be killed mid-rollout"
+
+
 def test_predictor_pods_mount_no_service_account_token(overlay):
     _, objs = overlay
     predictor = by_kind(objs, "InferenceService")["movie-recommender"]["spec"]["predictor"]

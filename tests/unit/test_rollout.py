@@ -437,3 +437,36 @@ def test_the_local_document_s_generation_moves_with_its_spec_only(tmp_path: Path
     changed["spec"]["predictor"]["canaryTrafficPercent"] = 0
     assert backend.apply(changed)["metadata"]["generation"] == 2
     assert backend.get()["metadata"]["generation"] == 2
+
+
+# -- `rollout auto`: what it refuses before changing anything ----------------------------------
+
+
+def _closed_prometheus():
+    from localstack.processes import free_port
+    from pipelines.rollout.analysis import Prometheus
+
+    return Prometheus(f"http://127.0.0.1:{free_port()}", timeout=1)  # nothing listens there
+
+
+def test_auto_refuses_a_gate_failed_version_unless_forced_and_writes_nothing(
+    reg, settings, backend
+) -> None:
+    from pipelines.rollout import auto
+
+    canary(settings, backend, reg.register())
+    bad = reg.register(gate="failed", quality_gate_detail="NDCG@10: new 0.01 -> FAIL")
+    writes = backend.writes
+    with pytest.raises(RolloutError, match=r"failed its quality gate .*--force"):
+        auto.run(settings, backend, _closed_prometheus(), bad, {}, echo=lambda _: None)
+    # forced, it gets past the gate and stops at the next guard: nothing can be measured
+    with pytest.raises(RolloutError, match=r"Prometheus .* is not ready: a canary cannot"):
+        auto.run(settings, backend, _closed_prometheus(), bad, {}, force=True, echo=print)
+    assert backend.writes == writes  # nothing was written either time
+
+
+def test_auto_needs_a_champion_to_compare_with(reg, settings, backend) -> None:
+    from pipelines.rollout import auto
+
+    with pytest.raises(RolloutError, match="no version is champion yet"):
+        auto.run(settings, backend, _closed_prometheus(), reg.register(), {}, echo=print)

@@ -1,0 +1,136 @@
+"""Canary analysis: how often the CTR check is right, and how fast a bad canary is rolled back.
+
+1. **Detection in simulation** (seeded, no processes): the dev plan's decision procedure
+   (`pipelines.rollout.analysis.ctr_check` at every interval on cumulative counts; rollback at
+   the failure threshold, promotion at the first passing analysis) on binomial clicks at a
+   stable CTR of 10 %, the canary's either 20 % lower or equal. Prints the share of trials in
+   which the drop was caught (target >= 90 %) and in which a healthy canary was rolled back
+   (target <= 5 %), at the default sample size (``min-clicks``).
+2. **Time to rollback on a real stack** (dev's settings: `rollout auto` with only the CTR check
+   off, as there is no event sink yet): a canary started with 5 % injected 5xx
+   (``--fault-error-rate``) under steady traffic; seconds from its first answer to its last
+   (the rollback), and the requests failed meanwhile (on which arm).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+
+from contracts.inferenceservice import CANARY_PLAN_DEFAULTS
+from contracts.names import VERSION_HEADER
+from pipelines.rollout.analysis import Arm, CheckStatus, ctr_check
+from pipelines.rollout.auto import Plan
+from tests.support.stack import REPO_ROOT, local_stack, serve_only, train_two_versions
+
+STABLE_CTR = 0.10
+DROP = 0.20
+TRIALS = 2000
+IMPRESSIONS_PER_INTERVAL = 1500  # per arm at 50 %: ~150 clicks an interval
+MAX_INTERVALS = 40
+
+
+def simulate(canary_ctr: float, plan: Plan, rng: np.random.Generator) -> bool:
+    """One rollout of the CTR check alone: True when it rolled the canary back."""
+    t = plan.thresholds
+    canary, stable = Arm("2"), Arm("1")
+    failures = 0
+    for _ in range(MAX_INTERVALS):
+        for arm, rate in ((canary, canary_ctr), (stable, STABLE_CTR)):
+            arm.impressions += IMPRESSIONS_PER_INTERVAL
+            arm.clicks += int(rng.binomial(IMPRESSIONS_PER_INTERVAL, rate))
+        check, _ = ctr_check(canary, stable, t)
+        if check.status is CheckStatus.FAIL:
+            failures += 1
+            if failures >= plan.failure_threshold:
+                return True
+        elif check.status is CheckStatus.PASS:
+            return False
+    return True  # never enough samples: the deadline rolls back
+
+
+def detection_rates(plan: Plan, seed: int = 12) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    caught = sum(simulate(STABLE_CTR * (1 - DROP), plan, rng) for _ in range(TRIALS))
+    wrong = sum(simulate(STABLE_CTR, plan, rng) for _ in range(TRIALS))
+    return caught / TRIALS, wrong / TRIALS
+
+
+class _VersionLoad:
+    """Requests through the ingress on two threads; (time, version, status) of every answer."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.answers: list[tuple[float, str, int]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
+
+    def _run(self) -> None:
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                try:
+                    r = session.post(self.url, json={"instances": [{"user_id": 1}]}, timeout=10)
+                    answer = (r.headers.get(VERSION_HEADER, "?"), r.status_code)
+                except requests.RequestException:
+                    answer = ("?", 0)
+                self.answers.append((time.monotonic(), *answer))
+
+    def __enter__(self) -> _VersionLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=15)
+
+
+def time_to_rollback() -> tuple[float, int, int, int]:
+    """(seconds the faulty canary took traffic, requests sent, failed, failed on stable)."""
+    with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp)) as stack:
+        versions = train_two_versions(stack)
+        stable, bad = versions["first"], versions["second"]
+        serve_only(stack, stable)
+        with _VersionLoad(stack.predict_url) as load:
+            proc = subprocess.run(
+                [sys.executable, "-m", "pipelines.rollout", "auto", "--version", bad,
+                 "--fault-error-rate", "0.05", "--min-clicks", "0"],
+                cwd=REPO_ROOT, env=stack.env, capture_output=True, text=True, timeout=900,
+            )  # fmt: skip
+            time.sleep(1)
+        if proc.returncode != 10:
+            raise RuntimeError(f"auto exited {proc.returncode}: {proc.stderr[-2000:]}")
+        on_canary = [t for t, version, _ in load.answers if version == bad]
+        took = max(on_canary) - min(on_canary)  # first to last answer of the faulty canary
+        failed = [(v, code) for _, v, code in load.answers if code != 200]
+        return took, len(load.answers), len(failed), sum(1 for v, _ in failed if v == stable)
+
+
+def run() -> None:
+    plan = Plan.of(None, {})
+    caught, wrong = detection_rates(plan)
+    print(
+        f"CTR check, dev plan (min clicks {plan.thresholds.min_clicks} per arm, one-sided "
+        f"alpha {plan.thresholds.ctr_alpha}, rollback after {plan.failure_threshold} failed "
+        f"analyses), stable CTR {STABLE_CTR:.0%}, {TRIALS} seeded trials each:"
+    )
+    print(f"canary 20% lower CTR caught: {caught:.1%} of trials (target >= 90%)")
+    print(f"healthy canary wrongly rolled back: {wrong:.1%} of trials (target <= 5%)")
+    took, sent, failed, on_stable = time_to_rollback()
+    print(
+        f"fault (5% 5xx on a 50% canary) to rollback at dev's settings (interval "
+        f"{CANARY_PLAN_DEFAULTS['interval-seconds']} s, threshold "
+        f"{CANARY_PLAN_DEFAULTS['failure-threshold']}): {took:.1f} s of faulty canary traffic"
+    )
+    print(
+        f"requests meanwhile: {sent} sent, {failed} failed ({failed / max(sent, 1):.2%}), "
+        f"{on_stable} of them on the stable arm"
+    )

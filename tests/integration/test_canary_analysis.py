@@ -1,0 +1,215 @@
+"""Canaries judged by measurement, for real: the local stack's Prometheus scrapes real model
+servers, `rollout auto` asks it and promotes or rolls back.
+
+A canary is made bad with the predictor's test-only faults (``rollout canary --fault-*``,
+`model_server.faults`); traffic is real requests through the ingress. Intervals are seconds
+(flags), so the whole module stays well under a minute and a half.
+
+The CTR check's arithmetic is unit-tested (tests/unit/test_canary_analysis.py); its
+end-to-end test needs the event sink (``movie_mlops_feedback_total``), which is not part of
+this branch: see ``test_a_canary_with_lower_ctr_is_rolled_back``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+import requests
+
+from contracts.names import CHAMPION, VERSION_HEADER
+from localstack import prometheus
+from pipelines import registry
+from pipelines.rollout import analysis
+from tests.support.stack import MODEL, Session, serve_only, train_two_versions, wait_for
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        prometheus.binary() is None,
+        reason="prometheus is not installed (`make prometheus` installs Debian's, as root)",
+    ),
+]
+
+# fast plan for tests: analyse every 4 s, roll back at the first failed analysis
+FAST = ["--interval", "4", "--threshold", "1", "--deadline", "20", "--min-clicks", "0"]
+
+
+@pytest.fixture(scope="module")
+def versions(stack: Session) -> dict[str, str]:
+    return train_two_versions(stack)
+
+
+class Traffic:
+    """Requests through the ingress on two threads; answers counted by (version, status)."""
+
+    def __init__(self, stack: Session) -> None:
+        self.url = stack.predict_url
+        self.answers: Counter[tuple[str, int]] = Counter()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
+
+    def _run(self) -> None:
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                try:
+                    r = session.post(self.url, json={"instances": [{"user_id": 1}]}, timeout=10)
+                    key = (r.headers.get(VERSION_HEADER, "?"), r.status_code)
+                except requests.RequestException:
+                    key = ("?", 0)
+                self.answers[key] += 1
+
+    def __enter__(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=15)
+
+    def of(self, version: str) -> Counter[int]:
+        return Counter({code: n for (v, code), n in self.answers.items() if v == version})
+
+
+@pytest.fixture
+def stable(stack: Session, versions: dict[str, str]) -> str:
+    """``first`` serving everything (and champion); Prometheus scraping it."""
+    if not _served_only_by(stack, versions["first"]) or not _is_champion(stack, versions["first"]):
+        serve_only(stack, versions["first"])
+    wait_for("Prometheus ready", lambda: _ready(stack), timeout=30)
+    return versions["first"]
+
+
+def _ready(stack: Session) -> bool:
+    try:
+        url = f"{stack.settings.prometheus_url}/-/ready"
+        return requests.get(url, timeout=1).ok
+    except requests.RequestException:
+        return False
+
+
+_clients: dict[str, Any] = {}
+
+
+def _version(stack: Session, version: str) -> Any:
+    """The registered version as MLflow has it now (tags, aliases); one authenticated call."""
+    url = stack.settings.mlflow_url
+    if url not in _clients:
+        _clients[url] = registry.connect(url)
+    return _clients[url].get_model_version(MODEL, version)
+
+
+def _tags(stack: Session, version: str) -> dict[str, str]:
+    return dict(_version(stack, version).tags)
+
+
+def _is_champion(stack: Session, version: str) -> bool:
+    return CHAMPION in _version(stack, version).aliases
+
+
+def _served_only_by(stack: Session, version: str) -> bool:
+    seen = {stack.predict([{"user_id": 1}]).headers.get(VERSION_HEADER) for _ in range(20)}
+    return seen == {version}
+
+
+def test_a_canary_with_5_percent_errors_is_rolled_back_within_one_interval(
+    stack: Session, versions: dict[str, str], stable: str
+) -> None:
+    canary = versions["second"]
+    with Traffic(stack) as traffic:
+        proc = stack.run(
+            "pipelines.rollout", "auto", "--version", canary, *FAST,
+            "--fault-error-rate", "0.05",  # tests only: 5 % of the canary's answers are 500
+            "--max-error-rate", "0.01", "--min-requests", "100", "--max-p99-ms", "5000",
+            check=False,
+        )  # fmt: skip
+        time.sleep(0.5)
+    assert proc.returncode == 10, proc.stdout + proc.stderr
+    assert "error-rate" in proc.stderr and "rolled back" in proc.stderr, proc.stderr
+    # rolled back at the first analysis, one interval after the canary took its share
+    assert proc.stdout.count("verdict:") == 1, proc.stdout
+    assert "step 50%, 4 s:" in proc.stdout, proc.stdout
+    assert traffic.of(canary)[500] > 0, traffic.answers  # the canary really failed requests
+    # the stable arm never failed: before, during or after the rollback
+    assert set(traffic.of(stable)) == {200}, traffic.answers
+    assert {v for v, _ in traffic.answers} <= {stable, canary}, traffic.answers
+    assert _served_only_by(stack, stable)
+    assert _is_champion(stack, stable)
+    tags = _tags(stack, canary)
+    assert tags["rollout.decision"] == "rolled_back"
+    assert "error-rate" in tags["rollout.reason"]
+    evidence = json.loads(tags["rollout.evidence"])
+    assert evidence["plan"]["max_error_rate"] == 0.01 and evidence["step_percent"] == 50
+    assert "5xx error rate" in evidence["table"]
+    assert evidence["analysis"]["canary"]["errors"] > 0
+
+
+def test_a_canary_with_p99_over_the_threshold_is_rolled_back(
+    stack: Session, versions: dict[str, str], stable: str
+) -> None:
+    canary = versions["second"]
+    with Traffic(stack) as traffic:
+        proc = stack.run(
+            "pipelines.rollout", "auto", "--version", canary, *FAST,
+            "--fault-latency-ms", "600",  # tests only: every canary answer takes 600 ms more
+            "--max-p99-ms", "400", "--min-requests", "5",
+            check=False,
+        )  # fmt: skip
+    assert proc.returncode == 10, proc.stdout + proc.stderr
+    assert "latency-p99" in proc.stderr, proc.stderr
+    assert set(traffic.of(stable)) == {200}, traffic.answers
+    assert _served_only_by(stack, stable)
+    assert _tags(stack, canary)["rollout.decision"] == "rolled_back"
+
+
+def test_a_healthy_canary_is_promoted_through_every_step(
+    stack: Session, versions: dict[str, str], stable: str
+) -> None:
+    canary = versions["second"]
+    with Traffic(stack) as traffic:
+        proc = stack.run(
+            "pipelines.rollout", "auto", "--version", canary, *FAST,
+            "--steps", "25,50,100", "--min-requests", "10", "--max-p99-ms", "2000",
+            check=False,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for step in ("step 25%", "step 50%", "promoted version"):
+        assert step in proc.stdout, proc.stdout
+    assert proc.stdout.count("verdict: pass") >= 2, proc.stdout
+    assert traffic.of(canary)[200] > 0 and set(traffic.of(canary)) == {200}
+    assert set(traffic.of(stable)) == {200}
+    assert _served_only_by(stack, canary)
+    promoted = _version(stack, canary)
+    assert CHAMPION in promoted.aliases and promoted.tags["rollout.decision"] == "promoted"
+    # the faulty revisions of the tests before were replaced: this canary started clean
+    isvc = json.loads(stack.settings.layout.isvc_file.read_text())
+    env = isvc["spec"]["predictor"]["containers"][0]["env"]
+    assert not [e for e in env if e["name"].startswith("MODEL_SERVER_FAULT_")], env
+    # the analysis reads the same figures now: the promoted canary vs the old champion
+    shown = analysis.measure(
+        analysis.Prometheus(stack.settings.prometheus_url), canary, stable, 30.0, 30.0,
+        analysis.Thresholds(min_clicks=0),
+    )  # fmt: skip
+    assert shown.canary.requests > 0 and shown.stable.requests > 0
+    assert shown.canary.p99 is not None and shown.canary.p99 < 2.0
+    # every revision is a target labelled with its revision and version; the ingress counts too
+    prom = analysis.Prometheus(stack.settings.prometheus_url)
+    up = prom.query('max by (model_version) (up{job="model-server"})')
+    assert up.get(canary) == 1.0, up
+    proxied = prom.query("sum by (model_version) (movie_mlops_ingress_requests_total)")
+    assert proxied.get(canary, 0) > 0 and proxied.get(stable, 0) > 0, proxied
+
+
+@pytest.mark.skip(
+    reason="needs the event sink (movie_mlops_feedback_total{event,model_version}), built on "
+    "another branch; the CTR statistics are unit-tested in tests/unit/test_canary_analysis.py"
+)
+def test_a_canary_with_lower_ctr_is_rolled_back() -> None:  # pragma: no cover
+    """Once the sink and simulated users exist: a lower-CTR canary (the popularity model) is
+    rolled back with "ctr" named once both arms have --min-clicks, and not before."""
