@@ -671,8 +671,6 @@ KNATIVE_QUEUE_PROXY = {
     "kn_serving_queue_depth": ("gauge", set()),
 }
 OTEL_SCOPE_LABELS = {"otel_scope_name", "otel_scope_version", "otel_scope_schema_url"}
-# The event sink (issue #11): its names as the issue fixes them; its code is not on this branch.
-EVENT_SINK_PATTERNS = (r"movie_mlops_events_[a-z_]+", r"movie_mlops_feedback_total")
 # Labels every scraped series gets from the Prometheus operator's target relabelling.
 TARGET_LABELS = {"namespace", "pod", "container", "endpoint", "job", "instance", "service"}
 
@@ -696,11 +694,16 @@ def _exported_series() -> dict[str, set[str]]:
     from prometheus_client.metrics import MetricWrapperBase
 
     from model_server.metrics import Metrics
+    from pipelines.events.sink import Metrics as SinkMetrics
 
     series: dict[str, set[str]] = {}
     ours = Metrics.create(CollectorRegistry())
     for field in dataclasses.fields(ours):
-        series.update(_prometheus_series(getattr(ours, field.name)))
+        if isinstance(getattr(ours, field.name), MetricWrapperBase):
+            series.update(_prometheus_series(getattr(ours, field.name)))
+    for value in vars(SinkMetrics()).values():  # the event sink's own registry
+        if isinstance(value, MetricWrapperBase):
+            series.update(_prometheus_series(value))
     for value in vars(kserve.metrics).values():
         if isinstance(value, MetricWrapperBase):
             series.update(_prometheus_series(value))
@@ -744,9 +747,7 @@ def _unknown_references(expr: str, series: dict[str, set[str]]) -> list[str]:
         if not name:
             continue
         names.append(name)
-        if any(re.fullmatch(p, name) for p in EVENT_SINK_PATTERNS):
-            known = TARGET_LABELS | {"revision"}
-        elif name in series:
+        if name in series:
             known = series[name] | TARGET_LABELS | {"revision"}
         else:
             bad.append(f"series {name}")
