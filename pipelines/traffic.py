@@ -13,8 +13,8 @@ and for each request:
 3. posts the impressions and clicks in one ``POST /events/feedback`` with the prediction's
    ``X-Request-Id`` and ``X-Model-Version`` (a feedback failure is counted, never fatal).
 
-Bounded by ``--users``, ``--requests`` and ``--duration``; prints requests, impressions, clicks
-and CTR per model version.
+Bounded by ``--users``, ``--requests`` and ``--duration``, paced at ``--rate`` predictions a
+second; prints requests, impressions, clicks and CTR per model version.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class TrafficSettings:
     users: int = 50
     requests: int = 200
     duration: float = 60.0
+    rate: float = 20.0  # predictions per second (each makes one feedback post)
     k: int = 10
     seed: int = 7
     model_name: str = MODEL_NAME
@@ -130,6 +131,11 @@ def play(settings: TrafficSettings, users: SimulatedUsers | None = None) -> Traf
             if time.monotonic() - started > settings.duration:
                 log.info("--duration %.0f s reached after %d requests", settings.duration, n)
                 break
+            # paced: one feedback post per prediction stays within the sink's per-client
+            # rate limit (one machine is one client), so nothing is refused for flooding
+            ahead = started + n / settings.rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
             user = int(users.ids[rng.integers(users.ids.size)])
             try:
                 response = http.post(
@@ -231,6 +237,12 @@ def main(
         int, typer.Option("--requests", min=1, help="Predictions to request in all.")
     ] = 200,
     duration: Annotated[float, typer.Option(min=0.1, help="Stop after this many seconds.")] = 60.0,
+    rate: Annotated[
+        float,
+        typer.Option(
+            min=0.1, help="Predictions per second (the event sink allows one client 50 posts/s)."
+        ),
+    ] = 20.0,
     k: Annotated[int, typer.Option(min=1, max=MAX_K, help="Films per recommendation.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of who asks and who clicks.")] = 7,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -239,7 +251,7 @@ def main(
     configure_logging(verbose)
     settings = TrafficSettings(
         ingress_url=ingress_url, data_dir=data_dir, users=users, requests=requests_,
-        duration=duration, k=k, seed=seed,
+        duration=duration, rate=rate, k=k, seed=seed,
     )  # fmt: skip
     result = run(lambda: play(settings))
     typer.echo(report(result))
