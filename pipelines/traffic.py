@@ -19,7 +19,9 @@ second; prints requests, impressions, clicks and CTR per model version.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,7 +128,9 @@ def play(settings: TrafficSettings, users: SimulatedUsers | None = None) -> Traf
     feedback_url = f"{base}{ev.FEEDBACK_PATH}"
     result = TrafficResult()
     started = time.monotonic()
-    with requests.Session() as http:
+    with requests.Session() as http, contextlib.suppress(KeyboardInterrupt):
+        # Ctrl-C (or SIGTERM, as `make demo` stops it) ends the run early; the counts so
+        # far are still reported
         for n in range(settings.requests):
             if time.monotonic() - started > settings.duration:
                 log.info("--duration %.0f s reached after %d requests", settings.duration, n)
@@ -225,6 +229,10 @@ def report(result: TrafficResult) -> str:
     return "\n".join(lines)
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # `play` ends its loop and the counts so far are reported
+
+
 def main(
     ingress_url: Annotated[
         str, typer.Option(help="The ingress (local stack) or the front end (cluster).")
@@ -249,6 +257,7 @@ def main(
 ) -> None:
     """Simulated users request recommendations through the ingress and click by taste."""
     configure_logging(verbose)
+    signal.signal(signal.SIGTERM, _stop)  # a background run is stopped with SIGTERM
     settings = TrafficSettings(
         ingress_url=ingress_url, data_dir=data_dir, users=users, requests=requests_,
         duration=duration, rate=rate, k=k, seed=seed,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: the whole flow on one machine, through the local twin of the cluster.
 #   TMDB (or the project's sandbox) -> raw snapshot -> feature snapshot -> MLflow version
-#   -> InferenceService revision (canary, promote) -> predictions through the ingress.
+#   -> InferenceService revision (canary judged by measurement: promote or roll back)
+#   -> predictions through the ingress, logged; simulated users' clicks come back as events.
 # Safe to run again: every run adds new immutable snapshots and a new model version.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +33,8 @@ $PY -m pipelines.evaluate
 
 step "train: fit, evaluate, gate, register in MLflow"
 train_log="$(mktemp)"
-trap 'rm -f "$train_log"' EXIT
+traffic_log="$(mktemp)"
+trap 'rm -f "$train_log" "$traffic_log"' EXIT
 set +e
 $PY -m pipelines.train | tee "$train_log"
 train_rc=${PIPESTATUS[0]}
@@ -44,14 +46,54 @@ if [[ $train_rc -ne 0 ]]; then
   exit "$train_rc"
 fi
 
-step "serve version $version through the ingress (KServe canary semantics)"
+INGRESS="http://127.0.0.1:${INGRESS_PORT:-8080}"
+# simulated users (their genre tastes from the snapshot) ask for recommendations through the
+# ingress and click by taste, in the background, while a canary is judged
+traffic_start() {
+  $PY -m pipelines.traffic --ingress-url "$INGRESS" --users 300 --requests 1000000 \
+    --duration "$1" --rate 40 >"$traffic_log" 2>&1 &
+  traffic_pid=$!
+}
+traffic_stop() {
+  kill -TERM "$traffic_pid" 2>/dev/null || true
+  wait "$traffic_pid" 2>/dev/null || true
+  echo "what the simulated users did (requests, impressions, clicks, CTR by version):"
+  grep -E '^(version|[0-9?]+ )' "$traffic_log" | sed 's/^/  /' || true
+}
+
 if $PY -m pipelines.rollout status >/dev/null 2>&1; then
-  $PY -m pipelines.rollout canary --version "$version"
-  step "simulated users during the canary: each stays on one arm (X-User-Id), clicks by taste"
-  $PY -m pipelines.traffic --users 100 --requests 300 --duration 30
-  $PY -m pipelines.rollout promote
+  step "automated progressive rollout of version $version: each step judged in Prometheus" \
+    "(errors, p99, CTR vs the champion) — rollout auto"
+  traffic_start 600
+  $PY -m pipelines.rollout auto --version "$version" --interval 15
+  traffic_stop
 else
+  step "serve version $version through the ingress (KServe canary semantics)"
   $PY -m pipelines.rollout canary --version "$version" # first rollout: 100 %
+fi
+
+step "a deliberately bad canary: the popularity model, started with 10 % injected 5xx"
+echo "(MODEL_SERVER_FAULT_ERROR_RATE: a test-only fault flag); the analysis must roll it back"
+set +e
+$PY -m pipelines.train --model popularity | tee "$train_log"
+set -e
+bad="$(sed -n 's/^registered movie-recommender version \([0-9]*\) .*/\1/p' "$train_log")"
+if [[ -z "$bad" ]]; then
+  echo "the popularity model was not registered; skipping the bad canary" >&2
+else
+  traffic_start 300
+  set +e
+  $PY -m pipelines.rollout auto --version "$bad" --force --fault-error-rate 0.1 --interval 10
+  auto_rc=$?
+  set -e
+  traffic_stop
+  if [[ $auto_rc -ne 10 ]]; then
+    echo "error: the bad canary was not rolled back by the analysis (exit $auto_rc)" >&2
+    exit 1
+  fi
+  echo "version $bad rolled back automatically; the reason is on the version in MLflow" \
+    "(tags rollout.decision, rollout.reason, rollout.evidence)"
+  $PY -m pipelines.rollout status
 fi
 
 step "predictions"
