@@ -59,5 +59,6 @@ METRIC_REJECTED = "movie_mlops_events_rejected_total"
 
 # -- the local ingress's emitter (loopback-only /__local/metrics) --------------------------------
 METRIC_INGRESS_EMITTED = "movie_mlops_ingress_events_sent_total"  # delivered to the sink
+METRIC_INGRESS_BATCHES = "movie_mlops_ingress_event_batches_total"  # POSTs that delivered them
 METRIC_INGRESS_DROPPED = "movie_mlops_ingress_events_dropped_total"  # {reason}
 METRIC_INGRESS_QUEUED = "movie_mlops_ingress_events_queued"  # gauge

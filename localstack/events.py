@@ -218,6 +218,9 @@ class EventEmitter:
             f"# HELP {ev.METRIC_INGRESS_EMITTED} Prediction events the sink accepted.",
             f"# TYPE {ev.METRIC_INGRESS_EMITTED} counter",
             f"{ev.METRIC_INGRESS_EMITTED} {self.sent}",
+            f"# HELP {ev.METRIC_INGRESS_BATCHES} Batches (POSTs) the sink accepted.",
+            f"# TYPE {ev.METRIC_INGRESS_BATCHES} counter",
+            f"{ev.METRIC_INGRESS_BATCHES} {self.batches}",
             f"# HELP {ev.METRIC_INGRESS_DROPPED} Prediction events not delivered, by reason.",
             f"# TYPE {ev.METRIC_INGRESS_DROPPED} counter",
             *(
