@@ -64,8 +64,8 @@ def serve(
     )
     sink = build_app(settings)
     # The one-event-per-POST path (KServe's) is mostly the event loop's and the HTTP layer's own
-    # cost: uvloop's is lower, and the garbage collector need not rescan the ~100k objects of the
-    # imports (pydantic, pyarrow, aiohttp) at every full collection (`python -m bench events`).
+    # cost: uvloop's is lower, and the garbage collector need not rescan the ~60k objects of the
+    # imports (pydantic, pyarrow, aiohttp) at each full collection (`python -m bench events`).
     gc.collect()
     gc.freeze()
     loop = uvloop.new_event_loop()
