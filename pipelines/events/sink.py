@@ -35,6 +35,7 @@ buckets holds at most ``max_clients`` entries (least recently seen evicted), so 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -305,17 +306,18 @@ def build_app(settings: SinkSettings) -> web.Application:
             fields = schema.describe(err, root="batch")
             names = ", ".join(dict.fromkeys(f["field"] for f in fields[:10]))
             return _error(400, f"invalid CloudEvent batch: {names}", fields=fields[:100])
+        kinds = collections.Counter(event.kind for event in events)
+        for kind, n in kinds.items():
+            metrics.received_of[kind].inc(n)
+        if not buffer.room(len(events)):  # all or nothing: a batch is never split
+            for kind, n in kinds.items():
+                metrics.full_of[kind].inc(n)
+            return _full()
         received_at = datetime.now(UTC)
         rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for event in events:
             data, doc, data_type = event.payload()
             rows[event.kind].append(schema.prediction_row(event, data, data_type, received_at, doc))
-        for kind, part in rows.items():
-            metrics.received_of[kind].inc(len(part))
-        if not buffer.room(len(events)):  # all or nothing: a batch is never split
-            for kind, part in rows.items():
-                metrics.full_of[kind].inc(len(part))
-            return _full()
         for kind, part in rows.items():
             buffer.add(kind, part)
         return web.json_response({"accepted": len(events)})

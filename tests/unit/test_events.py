@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from contracts import events as ev
 from localstack.events import EventEmitter, LogEvent
 from pipelines.events import schema, store
-from pipelines.events.sink import METRICS, SinkSettings, TokenBuckets, build_app
+from pipelines.events.sink import SinkSettings, TokenBuckets, build_app
 from pipelines.events.training import ANONYMOUS_BASE, anonymous_user_id
 
 
@@ -150,6 +150,12 @@ def test_a_binary_event_and_the_same_event_in_the_twins_batch_store_identical_ro
     assert response["time"] == events[1].occurred
 
 
+async def _metric(client: TestClient, name: str, **labels: str) -> float:
+    text = await (await client.get("/metrics")).text()
+    want = name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "} "
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(want))
+
+
 def _rows(data_dir: Path, kind: str) -> list[dict[str, Any]]:
     return store.read_kind(data_dir, kind).to_pylist()
 
@@ -187,8 +193,7 @@ def test_a_batch_is_validated_whole_and_refused_whole_naming_the_index_and_attri
                 assert field in {f["field"] for f in json.loads(text)["fields"]}, (field, text)
             huge = json.dumps([_batch_event(0, data="x" * (1 << 20))])
             assert (await client.post("/", data=huge, headers=batch_type)).status == 413
-            metrics = client.app[METRICS]
-            assert metrics.received_of[ev.RESPONSE]._value.get() == 0
+            assert await _metric(client, ev.METRIC_RECEIVED, type="response") == 0
             # a batch counts against the buffer whole: 4 fit, the next 4 do not (429, none kept)
             four = json.dumps([_batch_event(i) for i in range(4)])
             ok = await client.post("/", data=four, headers=batch_type)
@@ -196,7 +201,9 @@ def test_a_batch_is_validated_whole_and_refused_whole_naming_the_index_and_attri
             full = await client.post("/", data=four, headers=batch_type)
             assert full.status == 429 and full.headers["Retry-After"] == "1"
             assert (await (await client.get("/healthz")).json())["buffered"] == 4
-            assert metrics.full_of[ev.RESPONSE]._value.get() == 4
+            assert await _metric(client, ev.METRIC_RECEIVED, type="response") == 8
+            full = {"type": "response", "reason": "buffer_full"}
+            assert await _metric(client, ev.METRIC_DROPPED, **full) == 4
             empty = await client.post("/", data="[]", headers=batch_type)  # valid, section 4.3
             assert (empty.status, await empty.json()) == (200, {"accepted": 0})
         finally:
