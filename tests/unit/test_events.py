@@ -152,7 +152,7 @@ def test_a_binary_event_and_the_same_event_in_the_twins_batch_store_identical_ro
 
 async def _metric(client: TestClient, name: str, **labels: str) -> float:
     text = await (await client.get("/metrics")).text()
-    want = name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "} "
+    want = name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "} "
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(want))
 
 
