@@ -19,7 +19,10 @@ stores the same row either way (tests/unit/test_events.py checks it).
 
 Logging never delays or fails a prediction: `emit` only puts the event on a bounded queue
 (``put_nowait``; formatting happens in the senders) and ``SENDERS`` background tasks deliver it —
-each takes whatever is queued, so batches grow with the load and a lone prediction goes at once.
+one at a time, given an event, waits ``LINGER_S`` (unless a full batch is already queued) and
+takes what is queued then, while the other may be posting: under load one POST carries hundreds
+of events, and an event reaches the sink within a fraction of a second (which writes every 2 s
+anyway).
 A full queue, an unreachable sink or a refusal (429, 4xx) drops the events and counts them by
 reason (`EventEmitter.prometheus_text`, served on the ingress's loopback-only ``/__local/metrics``).
 """
@@ -46,6 +49,7 @@ QUEUE_SIZE = 10_000
 SENDERS = 2
 BATCH_EVENTS = 500  # per POST; the sink takes up to ev.MAX_CE_BATCH_EVENTS
 BATCH_BYTES = 256 * 1024  # about, per POST (payloads counted as base64); well under 1 MiB
+LINGER_S = 0.2  # a sender waits this long for company unless a full batch is already queued
 _EVENT_OVERHEAD = 600  # bytes of attributes around each payload in a batch, about
 SEND_TIMEOUT_S = 2.0
 DRAIN_TIMEOUT_S = 2.0
@@ -67,7 +71,8 @@ class LogEvent:
 
 
 def _rfc3339(ts: datetime) -> str:
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """``2026-05-04T03:02:01.123456Z`` (isoformat: several times cheaper than strftime)."""
+    return ts.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 class EventEmitter:
@@ -84,16 +89,25 @@ class EventEmitter:
         senders: int = SENDERS,
         batch_events: int = BATCH_EVENTS,
         batch_bytes: int = BATCH_BYTES,
+        linger: float = LINGER_S,
     ) -> None:
         self.url = url.rstrip("/") + "/"
         self.inference_service, self.source, self.namespace = inference_service, source, namespace
         self.queue: asyncio.Queue[LogEvent] = asyncio.Queue(maxsize=queue_size)
         self.senders = senders
-        self.batch_events, self.batch_bytes = batch_events, batch_bytes
+        self.batch_events, self.batch_bytes, self.linger = batch_events, batch_bytes, linger
+        self._constant = {
+            "specversion": ev.CE_SPECVERSION,
+            "source": source,
+            "inferenceservicename": inference_service,
+            "namespace": namespace,
+            "component": "predictor",
+        }
         self.sent = 0
         self.batches = 0
         self.dropped: Counter[str] = Counter({"queue_full": 0, "send_failed": 0, "rejected": 0})
         self._tasks: list[asyncio.Task[None]] = []
+        self._collecting = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
 
     # -- producing (on the request path: never awaits) ----------------------------------------
@@ -125,14 +139,10 @@ class EventEmitter:
         """The CloudEvent attributes KServe's logger would give this event."""
         metadata = {ev.USER_ID_HEADER: [event.user_key]} if event.user_key else {}
         return {
-            "specversion": ev.CE_SPECVERSION,
+            **self._constant,
             "id": event.request_id,
             "type": event.ce_type,
-            "source": self.source,
             "time": _rfc3339(event.occurred),
-            "inferenceservicename": self.inference_service,
-            "namespace": self.namespace,
-            "component": "predictor",
             "endpoint": event.endpoint,
             ev.CE_METADATA: json.dumps(metadata, separators=(",", ":")),
             ev.CE_RECORDED_TIME: _rfc3339(event.recorded),
@@ -187,7 +197,11 @@ class EventEmitter:
     async def _send_loop(self) -> None:
         assert self._session is not None
         while True:
-            batch = self._take_batch(await self.queue.get())
+            async with self._collecting:  # one sender collects while the other may be posting
+                first = await self.queue.get()
+                if self.linger and self.queue.qsize() < self.batch_events:
+                    await asyncio.sleep(self.linger)  # under load: hundreds of events per POST
+                batch = self._take_batch(first)
             try:
                 body = orjson.dumps([self.structured(e) for e in batch])
                 async with self._session.post(
