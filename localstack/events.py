@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import logging
 from collections import Counter
@@ -71,8 +72,19 @@ class LogEvent:
 
 
 def _rfc3339(ts: datetime) -> str:
-    """``2026-05-04T03:02:01.123456Z`` (isoformat: several times cheaper than strftime)."""
-    return ts.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """``2026-05-04T03:02:01.123456Z`` (formatted by hand: a third of strftime's cost)."""
+    ts = ts if ts.tzinfo is UTC else ts.astimezone(UTC)
+    return (
+        f"{ts.year:04d}-{ts.month:02d}-{ts.day:02d}T{ts.hour:02d}:{ts.minute:02d}:"
+        f"{ts.second:02d}.{ts.microsecond:06d}Z"
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _metadata(user_key: str | None) -> str:
+    """The ``metadata`` extension: the matched ``metadataHeaders`` as JSON (cached: a request and
+    its response, and a user's next predictions, have the same)."""
+    return json.dumps({ev.USER_ID_HEADER: [user_key]} if user_key else {}, separators=(",", ":"))
 
 
 class EventEmitter:
@@ -137,14 +149,13 @@ class EventEmitter:
 
     def attributes(self, event: LogEvent) -> dict[str, str]:
         """The CloudEvent attributes KServe's logger would give this event."""
-        metadata = {ev.USER_ID_HEADER: [event.user_key]} if event.user_key else {}
         return {
             **self._constant,
             "id": event.request_id,
             "type": event.ce_type,
             "time": _rfc3339(event.occurred),
             "endpoint": event.endpoint,
-            ev.CE_METADATA: json.dumps(metadata, separators=(",", ":")),
+            ev.CE_METADATA: _metadata(event.user_key),
             ev.CE_RECORDED_TIME: _rfc3339(event.recorded),
         }
 

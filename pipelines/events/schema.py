@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -156,6 +157,7 @@ class StructuredCloudEvent(CloudEventAttributes):
         return (self.data or "").encode(), NOPARSE, self.datacontenttype
 
 
+@functools.lru_cache(maxsize=64)
 def _is_json(content_type: str | None) -> bool:
     """``*/json`` or ``*/*+json`` (parameters ignored); absent counts as JSON (section 3.1.2)."""
     if content_type is None:
@@ -315,6 +317,7 @@ def _loads(body: bytes) -> Any:
             return None
 
 
+@functools.lru_cache(maxsize=4096)  # a user's requests and responses repeat the same metadata
 def _metadata_user(metadata: str) -> str | None:
     if not metadata or metadata == "{}":  # what the logger sends when no header matched
         return None
