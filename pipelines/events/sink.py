@@ -192,7 +192,8 @@ class Buffer:
         written = 0
         for part in by_hour.values():
             try:
-                await asyncio.to_thread(store.write_part, root, kind, part, part[0]["received_at"])
+                when, table = part[0]["received_at"], store.to_table(kind, part)
+                await asyncio.to_thread(store.publish_part, root, kind, table, when)
             except Exception:  # a full or read-only disk: count the loss, keep serving
                 log.exception("writing %d %s events failed; they are dropped", len(part), kind)
                 self.metrics.dropped.labels(type=kind, reason="write_error").inc(len(part))
