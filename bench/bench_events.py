@@ -17,9 +17,11 @@
    client against a bare aiohttp server (uvloop, reads the body, answers a constant: no
    validation, no buffering) gives the one-request-per-event floor of this machine.
 2. Predictor throughput through the local ingress with the prediction log on and off: a real local
-   stack, one trained version at 100 %, the ingress restarted between alternating rounds
-   (off, on, off, on, off, on; 5 s each, 8 connections, single-user V1 requests). Prints the
-   median req/s of each, the ratio (target >= 0.95) and the events per batch the twin sent.
+   stack, one trained version at 100 %, the ingress restarted between ``ROUNDS`` alternating
+   rounds (off, on, off, on, ...; 5 s each, 8 connections, single-user V1 requests). Prints the
+   median req/s of each and their ratio (target >= 0.95), each round's on/off ratio and their
+   median (steadier when other work on the machine comes and goes), the sink's CPU time per
+   prediction while logging (it shares the 2 cores), and the events per batch the twin sent.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONNECTIONS = 16
 DURATION_S = 5.0
 BATCH = 100
-ROUNDS = 3
+ROUNDS = 5
 MODES = {
     "binary": "binary CloudEvents (1 per POST, as KServe)",
     "twin": f"CloudEvent batches ({BATCH}/POST, as the twin)",
@@ -252,7 +254,7 @@ def _peak_mb(pid: int) -> float:
 def _ingress_figures() -> None:
     from bench.bench_serving import _load
     from contracts.names import MODEL_NAME
-    from localstack.stack import start, stop
+    from localstack.stack import running_pid, start, stop
     from tests.support.stack import local_stack, serve_only, train_two_versions, wait_for
 
     with tempfile.TemporaryDirectory(prefix="bench-logging-") as tmp, local_stack(Path(tmp)) as s:
@@ -260,22 +262,34 @@ def _ingress_figures() -> None:
         serve_only(s, version)
         users = list(range(1, 200))
         figures: dict[bool, list[float]] = {True: [], False: []}
+        sink_cpu = predictions = 0.0
         for _ in range(ROUNDS):
             for logging_on in (False, True):  # ends on: the counters below are its
                 settings = dataclasses.replace(s.settings, log_predictions=logging_on)
                 stop(settings, "ingress")
                 start(settings, "ingress")
                 wait_for("serving", lambda: s.predict([{"user_id": 1}]).status_code == 200, 120)
+                sink_pid = running_pid(s.settings, "events")
+                cpu = _cpu_seconds(sink_pid) if sink_pid else 0.0
                 result = _load(s.settings.ingress_port, MODEL_NAME, users)
                 figures[logging_on].append(result["rps"])
+                if logging_on and sink_pid:
+                    sink_cpu += _cpu_seconds(sink_pid) - cpu
+                    predictions += result["rps"] * DURATION_S
         sent = _ingress_sent(s)
     on, off = statistics.median(figures[True]), statistics.median(figures[False])
+    paired = [a / b for a, b in zip(figures[True], figures[False], strict=True)]
     print(
         f"through the ingress: logging on {on:.0f} req/s, off {off:.0f} req/s, ratio "
-        f"{on / off:.2f} (median of {ROUNDS} alternating rounds; on: "
+        f"{on / off:.2f} (medians of {ROUNDS} alternating rounds; on: "
         f"{', '.join(f'{x:.0f}' for x in figures[True])}; off: "
-        f"{', '.join(f'{x:.0f}' for x in figures[False])}); events delivered in the last "
-        f"round: {sent}"
+        f"{', '.join(f'{x:.0f}' for x in figures[False])}); each round's on/off: "
+        f"{', '.join(f'{x:.2f}' for x in paired)}, median {statistics.median(paired):.2f}"
+    )
+    per_prediction = sink_cpu / max(predictions, 1) * 1e6
+    print(
+        f"through the ingress: the sink's CPU while logging, {per_prediction:.0f} us per "
+        f"prediction (on the same 2 cores); events delivered in the last round: {sent}"
     )
 
 
