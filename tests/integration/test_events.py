@@ -188,6 +188,15 @@ def _sink(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
+def _written(data_dir: Path, files: int, rows: int) -> bool:
+    """At least ``files`` part files of request events holding ``rows`` (published files always
+    read whole)."""
+    found = part_files(data_dir, [ev.REQUEST])
+    return (
+        len(found) >= files and sum(pq.ParquetFile(str(p)).metadata.num_rows for p in found) >= rows
+    )
+
+
 def test_kill_9_while_writing_leaves_no_partial_file_and_a_restart_continues(
     tmp_path: Path,
 ) -> None:
@@ -210,7 +219,7 @@ def test_kill_9_while_writing_leaves_no_partial_file_and_a_restart_continues(
     try:
         for t in threads:
             t.start()
-        wait_for("part files", lambda: len(part_files(data_dir, [ev.REQUEST])) >= 3, 20)
+        wait_for("3 part files, 100 rows", lambda: _written(data_dir, files=3, rows=100), 20)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
