@@ -18,6 +18,11 @@ CE_REQUIRED = ("specversion", "id", "type", "source")
 CE_EXTENSIONS = ("inferenceservicename", "namespace", "component", "endpoint")
 CE_METADATA = "metadata"  # JSON of the request headers named in the logger's metadataHeaders
 CE_RECORDED_TIME = "recordedtime"
+# structured mode, and batches of it (CloudEvents JSON format 1.0.2, sections 3 and 4): KServe
+# sends binary mode only; the sink also takes batches on `POST /`, which the local ingress sends
+CE_STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"  # refused (415)
+CE_BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+MAX_CE_BATCH_EVENTS = 1000  # events per batch the sink accepts (and MAX_REQUEST_BYTES per body)
 
 # -- request id, user key ------------------------------------------------------------------------
 REQUEST_ID_HEADER = "X-Request-Id"  # the ingress's fresh uuid4 hex; == the CloudEvent's ce-id
@@ -54,5 +59,6 @@ METRIC_REJECTED = "movie_mlops_events_rejected_total"
 
 # -- the local ingress's emitter (loopback-only /__local/metrics) --------------------------------
 METRIC_INGRESS_EMITTED = "movie_mlops_ingress_events_sent_total"  # delivered to the sink
+METRIC_INGRESS_BATCHES = "movie_mlops_ingress_event_batches_total"  # POSTs that delivered them
 METRIC_INGRESS_DROPPED = "movie_mlops_ingress_events_dropped_total"  # {reason}
 METRIC_INGRESS_QUEUED = "movie_mlops_ingress_events_queued"  # gauge

@@ -50,9 +50,11 @@ Content-Security-Policy allowing images from the poster base URL only, ``nosniff
 
 Prediction log (``--events-url``, ``EVENTS_URL``): every proxied request gets a fresh id (uuid4
 hex) sent upstream and returned to the client as ``X-Request-Id``; for a V1/V2 inference the
-ingress emits a request and (for a 200) a response CloudEvent with that id as KServe's payload
-logger does (`localstack.events`), asynchronously, through a bounded queue: logging never delays
-or fails a prediction, and what it drops is counted on ``/__local/metrics``.
+ingress emits a request and (for a 200) a response CloudEvent with that id and KServe's payload
+logger's attributes (`localstack.events`), asynchronously, through a bounded queue: logging never
+delays or fails a prediction, and what it drops is counted on ``/__local/metrics``. Unlike KServe
+(one binary-mode POST per event) it sends them to the sink in CloudEvents JSON batches, which
+store the same rows at a small fraction of the cost to the proxy.
 """
 
 from __future__ import annotations

@@ -10,6 +10,13 @@ one prediction share it), ``ce-type`` (``org.kubeflow.serving.inference.request`
 ``ce-annotations``; ``Content-Type`` is the inference request's own (also for the response
 event), the body is the payload. The logger sends a response event only for a 200.
 
+The same events may also come as a JSON batch (``Content-Type: application/cloudevents-batch+json``,
+CloudEvents JSON format 1.0.2 section 4 and HTTP binding section 3.3 "batched content mode"): an
+array of structured-mode events whose members are the attributes above (``ce-`` dropped), plus
+``datacontenttype`` and ``data``/``data_base64``. KServe never batches; the local ingress does,
+to keep the prediction log cheap next to a Python proxy. Both modes go through one attribute
+model (`CloudEventAttributes`) and one row builder (`prediction_row`), so they store the same rows.
+
 Stored columns (one Parquet schema per kind, `ARROW_SCHEMAS`) let a reader join feedback to the
 prediction by ``request_id`` and get the serving ``model_version``, the ``user_key`` and the
 ``item_ids`` in the order served (position = index); the raw payload is kept as text too.
@@ -17,13 +24,28 @@ prediction by ``request_id`` and get the serving ``model_version``, the ``user_k
 
 from __future__ import annotations
 
+import base64
+import binascii
+import functools
 import json
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+import orjson
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from multidict import CIMultiDict, CIMultiDictProxy
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from contracts import events as ev
 
@@ -33,9 +55,17 @@ _USER = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 
 Text = Annotated[str, Field(max_length=512)]
 
+NOPARSE: Any = object()  # `extract`: the payload has not been parsed yet
 
-class CloudEventHeaders(BaseModel):
-    """The ``ce-*`` headers of one binary-mode CloudEvent from KServe's logger."""
+
+class CloudEventAttributes(BaseModel):
+    """The context attributes of one KServe inference CloudEvent — the only definition of them.
+
+    Validated the same way however they arrived: from the ``ce-*`` headers of a binary-mode request
+    (`cloud_event_headers`, what KServe's logger sends) or from the members of one event of a JSON
+    batch (`StructuredCloudEvent`, what the local ingress sends). Unknown extensions
+    (``recordedtime``, ``annotations``, ...) are ignored.
+    """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -64,14 +94,111 @@ class CloudEventHeaders(BaseModel):
         return ev.CE_TYPE_KIND[self.type]
 
 
-def cloud_event_headers(headers: Any) -> CloudEventHeaders:
+# binary mode: which header carries which attribute (looked up, not scanned: a request has many
+# headers and only these matter)
+_CE_HEADERS = tuple((ev.CE_HEADER_PREFIX + n, n) for n in CloudEventAttributes.model_fields)
+
+
+def cloud_event_headers(headers: Mapping[str, str]) -> CloudEventAttributes:
     """The ``ce-*`` headers of a request (case-insensitive), validated; `ValidationError`."""
-    found = {
-        key.lower()[len(ev.CE_HEADER_PREFIX) :]: value
-        for key, value in headers.items()
-        if key.lower().startswith(ev.CE_HEADER_PREFIX)
+    if not isinstance(headers, CIMultiDictProxy | CIMultiDict):
+        headers = CIMultiDict(headers)
+    found = {}
+    for header, name in _CE_HEADERS:
+        value = headers.get(header)
+        if value is not None:
+            found[name] = value
+    return CloudEventAttributes.model_validate(found)
+
+
+def _base64(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except binascii.Error as err:
+            raise ValueError(f"not base64: {err}") from None
+    return value  # None; anything else fails the bytes check below
+
+
+class StructuredCloudEvent(CloudEventAttributes):
+    """One event of a ``application/cloudevents-batch+json`` body (CloudEvents JSON format 1.0.2,
+    section 4 "JSON Batch Format": a JSON array of events in the JSON event format).
+
+    The same attributes as binary mode, members of the object instead of ``ce-*`` headers, plus
+    ``datacontenttype`` (binary mode's ``Content-Type``) and the payload: ``data_base64`` (the
+    bytes, base64; what the local ingress sends, so the stored payload is byte for byte the one
+    binary mode would store) or ``data`` (a JSON value when ``datacontenttype`` is JSON or absent,
+    else a string) — never both (section 3.1.1).
+    """
+
+    datacontenttype: Annotated[str, Field(max_length=256)] | None = None
+    data: Any = None
+    data_base64: Annotated[bytes | None, BeforeValidator(_base64)] = None
+
+    @model_validator(mode="after")
+    def _one_payload(self) -> StructuredCloudEvent:
+        if self.data_base64 is not None and "data" in self.model_fields_set:
+            raise ValueError("data and data_base64 are mutually exclusive")
+        textual = not _is_json(self.datacontenttype)
+        if textual and self.data is not None and not isinstance(self.data, str):
+            raise ValueError("data must be a string when datacontenttype is not JSON")
+        return self
+
+    def payload(self) -> tuple[bytes, Any, str | None]:
+        """The payload's bytes, its parsed JSON document when already parsed (else `NOPARSE`),
+        and its content type, as binary mode would have carried them."""
+        if self.data_base64 is not None:
+            return self.data_base64, NOPARSE, self.datacontenttype
+        if "data" not in self.model_fields_set:
+            return b"", NOPARSE, self.datacontenttype
+        if _is_json(self.datacontenttype):
+            text = json.dumps(self.data, ensure_ascii=False, separators=(",", ":"))
+            return text.encode(), self.data, self.datacontenttype or "application/json"
+        return (self.data or "").encode(), NOPARSE, self.datacontenttype
+
+
+@functools.lru_cache(maxsize=64)
+def _is_json(content_type: str | None) -> bool:
+    """``*/json`` or ``*/*+json`` (parameters ignored); absent counts as JSON (section 3.1.2)."""
+    if content_type is None:
+        return True
+    subtype = content_type.split(";", 1)[0].strip().lower().rpartition("/")[2]
+    return subtype == "json" or subtype.endswith("+json")
+
+
+CloudEventBatch: TypeAdapter[list[StructuredCloudEvent]] = TypeAdapter(
+    Annotated[list[StructuredCloudEvent], Field(max_length=ev.MAX_CE_BATCH_EVENTS)]
+)
+"""Validates a whole batch body (JSON parsed in pydantic-core); errors are located
+``(index, attribute)``."""
+
+
+def prediction_row(
+    attrs: CloudEventAttributes,
+    body: bytes,
+    content_type: str | None,
+    received_at: datetime,
+    doc: Any = NOPARSE,
+) -> dict[str, Any]:
+    """The stored row of one request/response event (`PREDICTION_SCHEMA`), whichever mode it came
+    in: binary mode and a batch event with the same attributes and bytes give the same row."""
+    kind = attrs.kind
+    row = {
+        "request_id": attrs.id,
+        "type": kind,
+        "time": attrs.time,
+        "received_at": received_at,
+        "source": attrs.source,
+        "inference_service": attrs.inferenceservicename,
+        "namespace": attrs.namespace,
+        "component": attrs.component,
+        "endpoint": attrs.endpoint,
+        "content_type": content_type,
+        "metadata": attrs.metadata or None,
+        "payload": body.decode("utf-8", errors="replace"),
     }
-    return CloudEventHeaders.model_validate(found)
+    row.update(extract(kind, body, attrs.metadata, doc))
+    return row
 
 
 class FeedbackEvent(BaseModel):
@@ -95,11 +222,12 @@ class FeedbackBatch(BaseModel):
     events: Annotated[list[FeedbackEvent], Field(min_length=1, max_length=ev.MAX_FEEDBACK_EVENTS)]
 
 
-def describe(err: ValidationError) -> list[dict[str, str]]:
-    """Each failing field (``events[3].position``) and why, for a 4xx body."""
+def describe(err: ValidationError, root: str = "") -> list[dict[str, str]]:
+    """Each failing field (``events[3].position``; ``batch[3].id`` with ``root="batch"``) and
+    why, for a 4xx body."""
     out = []
     for e in err.errors(include_url=False, include_input=False):
-        field = ""
+        field = root
         for part in e["loc"]:
             field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
         out.append({"field": field or "(body)", "error": e["msg"]})
@@ -130,21 +258,20 @@ def _scalar_text(value: Any) -> str | None:
     return None
 
 
-def extract(kind: str, body: bytes, metadata: str) -> dict[str, Any]:
+def extract(kind: str, body: bytes, metadata: str, doc: Any = NOPARSE) -> dict[str, Any]:
     """``model_version``, ``user_key``, ``item_ids``, ``instances`` from a prediction payload.
 
     V1 request ``{"instances": [{"user_id": 42, ...}]}``: the user key of the first instance;
     V1 response ``{"model_version": "3", "predictions": [{"content_ids": [...]}]}``: the first
     prediction's ids; V2 the ``user_id`` input / ``content_ids`` output's first row. A user key in
     the logger's metadata (the ``X-User-Id`` header) wins over the body's. What cannot be read is
-    left null: the raw payload is stored anyway.
+    left null: the raw payload is stored anyway. ``doc``: the payload already parsed (a batch
+    event's ``data``), else `NOPARSE` and ``body`` is parsed here.
     """
     out: dict[str, Any] = {"model_version": None, "user_key": None, "item_ids": None}
     out["instances"] = None
-    try:
-        doc = json.loads(body) if body else None
-    except (ValueError, UnicodeDecodeError):
-        doc = None
+    if doc is NOPARSE:
+        doc = _loads(body) if body else None
     if isinstance(doc, dict):
         out["model_version"] = _scalar_text(doc.get("model_version"))
         if kind == ev.REQUEST:
@@ -178,13 +305,23 @@ def extract(kind: str, body: bytes, metadata: str) -> dict[str, Any]:
     return out
 
 
-def _metadata_user(metadata: str) -> str | None:
-    if not metadata:
-        return None
+def _loads(body: bytes) -> Any:
+    """The JSON document, or None; orjson first (several times faster), the standard library for
+    what orjson refuses and ``json`` accepts (NaN, integers beyond 64 bits)."""
     try:
-        doc = json.loads(metadata)
-    except ValueError:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return None
+
+
+@functools.lru_cache(maxsize=4096)  # a user's requests and responses repeat the same metadata
+def _metadata_user(metadata: str) -> str | None:
+    if not metadata or metadata == "{}":  # what the logger sends when no header matched
         return None
+    doc = _loads(metadata.encode())
     if not isinstance(doc, dict):
         return None
     for key, values in doc.items():

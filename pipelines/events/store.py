@@ -45,7 +45,19 @@ def partition_dir(root: Path, kind: str, when: datetime) -> Path:
 
 def write_part(root: Path, kind: str, rows: list[dict[str, Any]], when: datetime) -> Path:
     """Publish ``rows`` of one kind as one new part file; its path."""
-    table = pa.Table.from_pylist(rows, schema=ARROW_SCHEMAS[kind])
+    return publish_part(root, kind, to_table(kind, rows), when)
+
+
+def to_table(kind: str, rows: list[dict[str, Any]]) -> pa.Table:
+    """The rows as a table of the kind's schema (reads Python objects: holds the GIL throughout,
+    so the sink runs it on its event loop rather than in a thread that would fight it for the
+    GIL)."""
+    return pa.Table.from_pylist(rows, schema=ARROW_SCHEMAS[kind])
+
+
+def publish_part(root: Path, kind: str, table: pa.Table, when: datetime) -> Path:
+    """Compress ``table`` and publish it as one new part file (atomic); its path. Arrow and file
+    I/O only: fine in a worker thread."""
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     folder = partition_dir(root, kind, when)
