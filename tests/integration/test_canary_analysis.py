@@ -36,7 +36,7 @@ pytestmark = [
 ]
 
 # fast plan for tests: analyse every 4 s, roll back at the first failed analysis
-FAST = ["--interval", "4", "--threshold", "1", "--deadline", "20", "--min-clicks", "0"]
+FAST = ["--interval", "4", "--threshold", "1", "--deadline", "20", "--min-impressions", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +194,7 @@ def test_a_healthy_canary_is_promoted_through_every_step(
     # the analysis reads the same figures now: the promoted canary vs the old champion
     shown = analysis.measure(
         analysis.Prometheus(stack.settings.prometheus_url), canary, stable, 30.0, 30.0,
-        analysis.Thresholds(min_clicks=0),
+        analysis.Thresholds(min_impressions=0),
     )  # fmt: skip
     assert shown.canary.requests > 0 and shown.stable.requests > 0
     assert shown.canary.p99 is not None and shown.canary.p99 < 2.0
