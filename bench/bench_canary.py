@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import tempfile
@@ -73,14 +74,17 @@ class _VersionLoad:
     def __init__(self, url: str) -> None:
         self.url = url
         self.answers: list[tuple[float, str, int]] = []
+        self._users = itertools.count()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
 
     def _run(self) -> None:
         with requests.Session() as session:
             while not self._stop.is_set():
+                # another user each time: the ingress keeps a user on one arm (sticky)
+                user = next(self._users) % 400 + 1
                 try:
-                    r = session.post(self.url, json={"instances": [{"user_id": 1}]}, timeout=10)
+                    r = session.post(self.url, json={"instances": [{"user_id": user}]}, timeout=10)
                     answer = (r.headers.get(VERSION_HEADER, "?"), r.status_code)
                 except requests.RequestException:
                     answer = ("?", 0)
