@@ -2,18 +2,20 @@
 
 1. **Detection in simulation** (seeded, no processes): the dev plan's decision procedure
    (`pipelines.rollout.analysis.ctr_check` at every interval on cumulative counts; rollback at
-   the failure threshold, promotion at the first passing analysis) on binomial clicks at a
-   stable CTR of 10 %, the canary's either 20 % lower or equal. Prints the share of trials in
+   the failure threshold, promotion at the first passing analysis) on binomial clicks, the
+   canary's CTR either 20 % lower than stable's or equal, at stable CTRs of 13 %, 15 % and
+   10 % (`pipelines.traffic`'s users give ~11-15 % at k=10). Prints the share of trials in
    which the drop was caught (target >= 90 %) and in which a healthy canary was rolled back
-   (target <= 5 %), at the default sample size (``min-clicks``).
+   (target <= 5 %), at the default sample size (``min-impressions`` per arm).
 2. **Time to rollback on a real stack** (dev's settings: `rollout auto` with only the CTR check
-   off, as there is no event sink yet): a canary started with 5 % injected 5xx
+   off, as this load posts no feedback): a canary started with 5 % injected 5xx
    (``--fault-error-rate``) under steady traffic; seconds from its first answer to its last
    (the rollback), and the requests failed meanwhile (on which arm).
 """
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import tempfile
@@ -30,20 +32,22 @@ from pipelines.rollout.analysis import Arm, CheckStatus, ctr_check
 from pipelines.rollout.auto import Plan
 from tests.support.stack import REPO_ROOT, local_stack, serve_only, train_two_versions
 
-STABLE_CTR = 0.10
+STABLE_CTRS = (0.13, 0.15, 0.10)  # pipelines.traffic at k=10: ~11-15 %; lower is harder
 DROP = 0.20
 TRIALS = 2000
-IMPRESSIONS_PER_INTERVAL = 1500  # per arm at 50 %: ~150 clicks an interval
-MAX_INTERVALS = 40
+# per arm and interval: fine enough that the first judgement falls near the minimum (a coarser
+# interval only adds exposure beyond it, so this is the harder case)
+IMPRESSIONS_PER_INTERVAL = 500
+MAX_INTERVALS = 200
 
 
-def simulate(canary_ctr: float, plan: Plan, rng: np.random.Generator) -> bool:
+def simulate(stable_ctr: float, canary_ctr: float, plan: Plan, rng: np.random.Generator) -> bool:
     """One rollout of the CTR check alone: True when it rolled the canary back."""
     t = plan.thresholds
     canary, stable = Arm("2"), Arm("1")
     failures = 0
     for _ in range(MAX_INTERVALS):
-        for arm, rate in ((canary, canary_ctr), (stable, STABLE_CTR)):
+        for arm, rate in ((canary, canary_ctr), (stable, stable_ctr)):
             arm.impressions += IMPRESSIONS_PER_INTERVAL
             arm.clicks += int(rng.binomial(IMPRESSIONS_PER_INTERVAL, rate))
         check, _ = ctr_check(canary, stable, t)
@@ -56,10 +60,11 @@ def simulate(canary_ctr: float, plan: Plan, rng: np.random.Generator) -> bool:
     return True  # never enough samples: the deadline rolls back
 
 
-def detection_rates(plan: Plan, seed: int = 12) -> tuple[float, float]:
+def detection_rates(plan: Plan, stable_ctr: float, seed: int = 12) -> tuple[float, float]:
+    """(share of 20 %-worse canaries rolled back, share of healthy canaries rolled back)."""
     rng = np.random.default_rng(seed)
-    caught = sum(simulate(STABLE_CTR * (1 - DROP), plan, rng) for _ in range(TRIALS))
-    wrong = sum(simulate(STABLE_CTR, plan, rng) for _ in range(TRIALS))
+    caught = sum(simulate(stable_ctr, stable_ctr * (1 - DROP), plan, rng) for _ in range(TRIALS))
+    wrong = sum(simulate(stable_ctr, stable_ctr, plan, rng) for _ in range(TRIALS))
     return caught / TRIALS, wrong / TRIALS
 
 
@@ -69,14 +74,17 @@ class _VersionLoad:
     def __init__(self, url: str) -> None:
         self.url = url
         self.answers: list[tuple[float, str, int]] = []
+        self._users = itertools.count()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
 
     def _run(self) -> None:
         with requests.Session() as session:
             while not self._stop.is_set():
+                # another user each time: the ingress keeps a user on one arm (sticky)
+                user = next(self._users) % 400 + 1
                 try:
-                    r = session.post(self.url, json={"instances": [{"user_id": 1}]}, timeout=10)
+                    r = session.post(self.url, json={"instances": [{"user_id": user}]}, timeout=10)
                     answer = (r.headers.get(VERSION_HEADER, "?"), r.status_code)
                 except requests.RequestException:
                     answer = ("?", 0)
@@ -102,7 +110,7 @@ def time_to_rollback() -> tuple[float, int, int, int]:
         with _VersionLoad(stack.predict_url) as load:
             proc = subprocess.run(
                 [sys.executable, "-m", "pipelines.rollout", "auto", "--version", bad,
-                 "--fault-error-rate", "0.05", "--min-clicks", "0"],
+                 "--fault-error-rate", "0.05", "--min-impressions", "0"],
                 cwd=REPO_ROOT, env=stack.env, capture_output=True, text=True, timeout=900,
             )  # fmt: skip
             time.sleep(1)
@@ -116,14 +124,18 @@ def time_to_rollback() -> tuple[float, int, int, int]:
 
 def run() -> None:
     plan = Plan.of(None, {})
-    caught, wrong = detection_rates(plan)
     print(
-        f"CTR check, dev plan (min clicks {plan.thresholds.min_clicks} per arm, one-sided "
-        f"alpha {plan.thresholds.ctr_alpha}, rollback after {plan.failure_threshold} failed "
-        f"analyses), stable CTR {STABLE_CTR:.0%}, {TRIALS} seeded trials each:"
+        f"CTR check, dev plan (min impressions {plan.thresholds.min_impressions} per arm, "
+        f"one-sided alpha {plan.thresholds.ctr_alpha}, rollback after "
+        f"{plan.failure_threshold} failed analyses, {IMPRESSIONS_PER_INTERVAL} impressions per "
+        f"arm an interval), {TRIALS} seeded trials each:"
     )
-    print(f"canary 20% lower CTR caught: {caught:.1%} of trials (target >= 90%)")
-    print(f"healthy canary wrongly rolled back: {wrong:.1%} of trials (target <= 5%)")
+    for stable_ctr in STABLE_CTRS:
+        caught, wrong = detection_rates(plan, stable_ctr)
+        print(
+            f"stable CTR {stable_ctr:.0%}: canary 20% lower caught in {caught:.1%} of trials "
+            f"(target >= 90%); healthy canary wrongly rolled back in {wrong:.1%} (target <= 5%)"
+        )
     took, sent, failed, on_stable = time_to_rollback()
     print(
         f"fault (5% 5xx on a 50% canary) to rollback at dev's settings (interval "

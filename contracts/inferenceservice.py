@@ -34,7 +34,9 @@ CANARY_PLAN_DEFAULTS = {  # annotation suffix -> dev's value
     "max-error-rate": "0.01",  # canary 5xx share
     "max-p99-ms": "500",  # canary p99 request latency
     "min-requests": "50",  # canary requests per analysis window before judging
-    "min-clicks": "500",  # clicks on each arm before the CTR test judges (0: no CTR check)
+    # impressions on each arm before the CTR test judges (0: no CTR check); exposure, not
+    # clicks, so a canary whose CTR collapsed is judged as soon as a healthy one would be
+    "min-impressions": "4000",
     "ctr-alpha": "0.05",  # one-sided significance of "the canary's CTR is lower"
 }
 

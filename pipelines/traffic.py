@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,11 +118,19 @@ class SimulatedUsers:
         return cls(ids=ids, affinity=affinity)
 
 
-def play(settings: TrafficSettings, users: SimulatedUsers | None = None) -> TrafficResult:
-    """Send the simulated users' requests and feedback through the ingress; count them."""
+def play(
+    settings: TrafficSettings,
+    users: SimulatedUsers | None = None,
+    stop: threading.Event | None = None,
+) -> TrafficResult:
+    """Send the simulated users' requests and feedback through the ingress; count them.
+
+    ``stop`` ends it early when set (a caller running it on a thread, e.g. during a rollout).
+    """
     if not 1 <= settings.k <= MAX_K:
         raise ConfigError(f"--k must be in 1..{MAX_K}, got {settings.k}")
     users = users or SimulatedUsers.from_snapshot(settings)
+    stop = stop or threading.Event()
     rng = np.random.default_rng(settings.seed + 1)
     base = settings.ingress_url.rstrip("/")
     predict_url = f"{base}/v1/models/{settings.model_name}:predict"
@@ -137,9 +146,8 @@ def play(settings: TrafficSettings, users: SimulatedUsers | None = None) -> Traf
                 break
             # paced: one feedback post per prediction stays within the sink's per-client
             # rate limit (one machine is one client), so nothing is refused for flooding
-            ahead = started + n / settings.rate - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
+            if stop.wait(max(0.0, started + n / settings.rate - time.monotonic())):
+                break
             user = int(users.ids[rng.integers(users.ids.size)])
             try:
                 response = http.post(

@@ -206,7 +206,9 @@ def analyze_cmd(
     max_error_rate: _opt("Canary 5xx share at most (default: the overlay's).") = None,
     max_p99_ms: _opt("Canary p99 latency at most, ms.") = None,
     min_requests: _opt("Canary requests needed to judge.", int) = None,
-    min_clicks: _opt("Clicks per arm before the CTR test judges (0: no CTR check).", int) = None,
+    min_impressions: _opt(
+        "Impressions per arm before the CTR test judges (0: no CTR check).", int
+    ) = None,
     ctr_alpha: _opt("One-sided significance of 'the canary's CTR is lower'.") = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -223,7 +225,7 @@ def analyze_cmd(
                 max_error_rate=max_error_rate,
                 max_p99_ms=max_p99_ms,
                 min_requests=min_requests,
-                min_clicks=min_clicks,
+                min_impressions=min_impressions,
                 ctr_alpha=ctr_alpha,
             ),
         )
@@ -265,7 +267,9 @@ def auto_cmd(
     max_error_rate: _opt("Canary 5xx share at most.") = None,
     max_p99_ms: _opt("Canary p99 latency at most, ms.") = None,
     min_requests: _opt("Canary requests per analysis needed to judge.", int) = None,
-    min_clicks: _opt("Clicks per arm before the CTR test judges (0: no CTR check).", int) = None,
+    min_impressions: _opt(
+        "Impressions per arm before the CTR test judges (0: no CTR check).", int
+    ) = None,
     ctr_alpha: _opt("One-sided significance of 'the canary's CTR is lower'.") = None,
     fault_error_rate: FaultRateOpt = None,
     fault_latency_ms: FaultLatencyOpt = None,
@@ -282,7 +286,7 @@ def auto_cmd(
         max_error_rate=max_error_rate,
         max_p99_ms=max_p99_ms,
         min_requests=min_requests,
-        min_clicks=min_clicks,
+        min_impressions=min_impressions,
         ctr_alpha=ctr_alpha,
     )
     echo = (lambda _: None) if as_json else typer.echo

@@ -19,9 +19,11 @@ The checks (`evaluate`) and what each needs before it can judge:
 - ``requests``: the canary served at least ``min_requests`` in the window (else *insufficient*);
 - ``error-rate``: the canary's 5xx share at most ``max_error_rate``;
 - ``latency-p99``: the canary's p99 at most ``max_p99_seconds``;
-- ``ctr``: once both arms have ``min_clicks`` clicks, the canary fails when it is worse than
-  stable at one-sided significance ``ctr_alpha`` (`two_proportion_test`); ``min_clicks 0``
-  skips it (a stack without the event sink).
+- ``ctr``: once both arms have ``min_impressions`` impressions, the canary fails when it is
+  worse than stable at one-sided significance ``ctr_alpha`` (`two_proportion_test`);
+  ``min_impressions 0`` skips it (a stack without the event sink). The sample size is
+  exposure, not outcomes: a canary whose CTR collapsed collects few clicks, and a minimum of
+  clicks would keep exactly that canary from ever being judged.
 
 An analysis *fails* when a check with enough samples fails, *waits* when a check lacks samples,
 and *passes* when every check passes (or is skipped). `pipelines.rollout.auto` acts on it.
@@ -126,7 +128,7 @@ class Thresholds:
     max_error_rate: float = 0.01
     max_p99_seconds: float = 0.5
     min_requests: int = 50
-    min_clicks: int = 500
+    min_impressions: int = 4000
     ctr_alpha: float = 0.05
 
 
@@ -224,16 +226,16 @@ class Analysis:
 
 def ctr_check(canary: Arm, stable: Arm, t: Thresholds) -> tuple[Check, ProportionTest | None]:
     """The CTR check alone (also what `bench` simulates)."""
-    if t.min_clicks <= 0:
-        return Check("ctr", CheckStatus.SKIPPED, "min clicks 0: not judged"), None
-    fewest = min(canary.clicks, stable.clicks)
-    if fewest < t.min_clicks or canary.impressions <= 0 or stable.impressions <= 0:
+    if t.min_impressions <= 0:
+        return Check("ctr", CheckStatus.SKIPPED, "min impressions 0: not judged"), None
+    fewest = min(canary.impressions, stable.impressions)
+    if fewest < t.min_impressions or fewest <= 0:
         return (
             Check(
                 "ctr",
                 CheckStatus.INSUFFICIENT,
-                f"clicks canary {canary.clicks:.0f}, stable {stable.clicks:.0f}; "
-                f"need {t.min_clicks} each",
+                f"impressions canary {canary.impressions:.0f}, stable {stable.impressions:.0f}; "
+                f"need {t.min_impressions} each",
             ),
             None,
         )

@@ -28,7 +28,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from contracts.credentials import ROLLOUT
-from contracts.inferenceservice import CANARY_ANNOTATION_PREFIX, CANARY_PLAN_DEFAULTS
+from contracts.inferenceservice import (
+    CANARY_ANNOTATION_PREFIX,
+    CANARY_PLAN_DEFAULTS,
+    STEP_ANNOTATION,
+)
 from contracts.names import CHAMPION
 from pipelines import registry
 from pipelines.errors import ConfigError, PipelineError, RolloutError
@@ -57,6 +61,7 @@ log = logging.getLogger(__name__)
 
 DECISION_TAG = "rollout.decision"  # promoted | rolled_back
 PROMOTED, ROLLED_BACK = "promoted", "rolled_back"
+STEP_KEY = STEP_ANNOTATION.removeprefix(CANARY_ANNOTATION_PREFIX)  # `canary`'s, not the plan's
 
 
 class CanaryRolledBackError(RolloutError):
@@ -109,7 +114,7 @@ class Plan:
                 max_error_rate=num("max-error-rate"),
                 max_p99_seconds=num("max-p99-ms") / 1000.0,
                 min_requests=num("min-requests", int),
-                min_clicks=num("min-clicks", int),
+                min_impressions=num("min-impressions", int),
                 ctr_alpha=num("ctr-alpha"),
             ),
         )
@@ -126,6 +131,11 @@ class Plan:
             for key, value in annotations.items()
             if key.startswith(CANARY_ANNOTATION_PREFIX)
         }
+        for key in sorted(set(values) - set(CANARY_PLAN_DEFAULTS) - {STEP_KEY}):
+            # e.g. canary-min-clicks, replaced by canary-min-impressions: say it is not used
+            log.warning(
+                "annotation %s%s is not a rollout setting: ignored", CANARY_ANNOTATION_PREFIX, key
+            )
         values = {k: v for k, v in values.items() if k in CANARY_PLAN_DEFAULTS}
         return cls.parse({**values, **{k: v for k, v in overrides.items() if v is not None}})
 

@@ -5,13 +5,15 @@ A canary is made bad with the predictor's test-only faults (``rollout canary --f
 `model_server.faults`); traffic is real requests through the ingress. Intervals are seconds
 (flags), so the whole module stays well under a minute and a half.
 
-The CTR check's arithmetic is unit-tested (tests/unit/test_canary_analysis.py); its
-end-to-end test needs the event sink (``movie_mlops_feedback_total``), which is not part of
-this branch: see ``test_a_canary_with_lower_ctr_is_rolled_back``.
+A canary with a lower CTR is the popularity model under simulated users (`pipelines.traffic`)
+who click by taste; the event sink counts their impressions and clicks
+(``movie_mlops_feedback_total``). The CTR check's arithmetic is unit-tested
+(tests/unit/test_canary_analysis.py).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -23,9 +25,16 @@ import requests
 
 from contracts.names import CHAMPION, VERSION_HEADER
 from localstack import prometheus
-from pipelines import registry
+from pipelines import registry, traffic
 from pipelines.rollout import analysis
-from tests.support.stack import MODEL, Session, serve_only, train_two_versions, wait_for
+from tests.support.stack import (
+    MODEL,
+    Session,
+    serve_only,
+    train_popularity,
+    train_two_versions,
+    wait_for,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -36,7 +45,10 @@ pytestmark = [
 ]
 
 # fast plan for tests: analyse every 4 s, roll back at the first failed analysis
-FAST = ["--interval", "4", "--threshold", "1", "--deadline", "20", "--min-clicks", "0"]
+FAST = ["--interval", "4", "--threshold", "1", "--deadline", "20", "--min-impressions", "0"]
+
+
+USERS = 400  # of the 600 the features were built with
 
 
 @pytest.fixture(scope="module")
@@ -45,19 +57,25 @@ def versions(stack: Session) -> dict[str, str]:
 
 
 class Traffic:
-    """Requests through the ingress on two threads; answers counted by (version, status)."""
+    """Requests through the ingress on two threads; answers counted by (version, status).
+
+    Each request is another user (1..400, in turn): the ingress keeps a user on one arm, so
+    one user's requests alone would all land on the same arm, whatever the canary percent.
+    """
 
     def __init__(self, stack: Session) -> None:
         self.url = stack.predict_url
         self.answers: Counter[tuple[str, int]] = Counter()
+        self._users = itertools.count()  # shared by both threads (next() holds the GIL)
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
 
     def _run(self) -> None:
         with requests.Session() as session:
             while not self._stop.is_set():
+                user = next(self._users) % USERS + 1
                 try:
-                    r = session.post(self.url, json={"instances": [{"user_id": 1}]}, timeout=10)
+                    r = session.post(self.url, json={"instances": [{"user_id": user}]}, timeout=10)
                     key = (r.headers.get(VERSION_HEADER, "?"), r.status_code)
                 except requests.RequestException:
                     key = ("?", 0)
@@ -97,12 +115,16 @@ def _ready(stack: Session) -> bool:
 _clients: dict[str, Any] = {}
 
 
-def _version(stack: Session, version: str) -> Any:
-    """The registered version as MLflow has it now (tags, aliases); one authenticated call."""
+def _client(stack: Session) -> Any:
     url = stack.settings.mlflow_url
     if url not in _clients:
         _clients[url] = registry.connect(url)
-    return _clients[url].get_model_version(MODEL, version)
+    return _clients[url]
+
+
+def _version(stack: Session, version: str) -> Any:
+    """The registered version as MLflow has it now (tags, aliases); one authenticated call."""
+    return _client(stack).get_model_version(MODEL, version)
 
 
 def _tags(stack: Session, version: str) -> dict[str, str]:
@@ -194,7 +216,7 @@ def test_a_healthy_canary_is_promoted_through_every_step(
     # the analysis reads the same figures now: the promoted canary vs the old champion
     shown = analysis.measure(
         analysis.Prometheus(stack.settings.prometheus_url), canary, stable, 30.0, 30.0,
-        analysis.Thresholds(min_clicks=0),
+        analysis.Thresholds(min_impressions=0),
     )  # fmt: skip
     assert shown.canary.requests > 0 and shown.stable.requests > 0
     assert shown.canary.p99 is not None and shown.canary.p99 < 2.0
@@ -206,10 +228,66 @@ def test_a_healthy_canary_is_promoted_through_every_step(
     assert proxied.get(canary, 0) > 0 and proxied.get(stable, 0) > 0, proxied
 
 
-@pytest.mark.skip(
-    reason="needs the event sink (movie_mlops_feedback_total{event,model_version}), built on "
-    "another branch; the CTR statistics are unit-tested in tests/unit/test_canary_analysis.py"
-)
-def test_a_canary_with_lower_ctr_is_rolled_back() -> None:  # pragma: no cover
-    """Once the sink and simulated users exist: a lower-CTR canary (the popularity model) is
-    rolled back with "ctr" named once both arms have --min-clicks, and not before."""
+MIN_IMPRESSIONS = 1000  # per arm: simulated users at 40/s show ~200 films a second to each
+
+
+def test_a_canary_with_lower_ctr_is_rolled_back_once_both_arms_have_enough_impressions(
+    stack: Session, versions: dict[str, str], stable: str
+) -> None:
+    """The popularity model as canary: simulated users click far less of what it shows. The
+    CTR check waits for --min-impressions on both arms (exposure, not clicks: the canary earns
+    few), then rolls it back, naming "ctr"."""
+    canary = train_popularity(stack)  # the session's, shared with test_local_stack
+    users = traffic.TrafficSettings(
+        ingress_url=stack.settings.ingress_url, data_dir=stack.data_dir, users=200,
+        requests=100_000, duration=90, rate=40, k=10, seed=11,
+    )  # fmt: skip
+    players = traffic.SimulatedUsers.from_snapshot(users)
+    stop = threading.Event()
+    played: list[traffic.TrafficResult | Exception] = []
+
+    def play() -> None:
+        try:
+            played.append(traffic.play(users, players, stop))
+        except Exception as err:  # reported by the assertion below
+            played.append(err)
+
+    thread = threading.Thread(target=play, daemon=True)
+    thread.start()
+    try:
+        proc = stack.run(
+            "pipelines.rollout", "auto", "--version", canary, "--force",
+            "--interval", "2", "--threshold", "1", "--deadline", "40",
+            "--min-impressions", str(MIN_IMPRESSIONS), "--min-requests", "10",
+            "--max-p99-ms", "5000",
+            check=False,
+        )  # fmt: skip
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+    assert proc.returncode == 10, proc.stdout + proc.stderr
+    assert "rolled back" in proc.stderr and "ctr:" in proc.stderr, proc.stderr
+    assert "too few samples" not in proc.stderr, proc.stderr  # judged worse, not timed out
+    # not before enough samples: the first analyses waited for impressions on both arms...
+    analyses = proc.stdout.split("verdict: ")[1:]
+    assert len(analyses) >= 2, proc.stdout
+    assert analyses[0].startswith("wait") and "insufficient ctr" in analyses[0], proc.stdout
+    # the users saw it: the canary earned far fewer clicks per film shown, no request failed
+    (result,) = played
+    assert isinstance(result, traffic.TrafficResult), result
+    assert not result.failed_requests, result.failed_requests
+    assert result.by_version[canary].ctr < 0.5 * result.by_version[stable].ctr, result
+    # ...and the analysis that decided had enough impressions on both arms
+    tags = _tags(stack, canary)
+    assert tags["rollout.decision"] == "rolled_back" and "ctr" in tags["rollout.reason"]
+    evidence = json.loads(tags["rollout.evidence"])
+    assert evidence["plan"]["min_impressions"] == MIN_IMPRESSIONS
+    decided = evidence["analysis"]
+    assert decided["canary"]["impressions"] >= MIN_IMPRESSIONS, decided
+    assert decided["stable"]["impressions"] >= MIN_IMPRESSIONS, decided
+    assert decided["ctr_test"]["p_worse"] < 0.05, decided
+    assert decided["canary"]["ctr"] < decided["stable"]["ctr"], decided
+    history = evidence["history"]
+    assert history[0]["verdict"] == "wait" and history[-1]["failed"] == ["ctr"], history
+    assert _served_only_by(stack, stable)
+    assert _is_champion(stack, stable)

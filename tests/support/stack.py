@@ -132,6 +132,25 @@ def train_two_versions(stack: Session) -> dict[str, str]:
     return stack.versions
 
 
+def train_popularity(stack: Session) -> str:
+    """The popularity model trained on the stack's snapshot: registered, failing the quality
+    gate (exit 9, no alias) against the champion of `train_two_versions`.
+
+    Once per session, like `train_two_versions` (a training costs ~40 s, mostly MLflow calls):
+    the canary tests serve it as a version users click less, the local-stack test checks what
+    the training said (its stderr is kept in ``stack.outputs["popularity"]``).
+    """
+    train_two_versions(stack)
+    if "popularity" not in stack.versions:
+        proc = stack.run("pipelines.train", "--model", "popularity", check=False)
+        assert proc.returncode == 9, proc.stderr[-3000:]  # registered, gate failed
+        failed = re.search(r" version (\d+) failed the quality gate", proc.stderr)
+        assert failed, proc.stderr[-3000:]
+        stack.versions["popularity"] = failed.group(1)
+        stack.outputs["popularity"] = proc.stderr
+    return stack.versions["popularity"]
+
+
 def serve_only(stack: Session, version: str) -> None:
     """Start from a known state: ``version`` rolled out at 100 % (and champion)."""
     stack.run("pipelines.rollout", "canary", "--version", version, "--percent", "100")

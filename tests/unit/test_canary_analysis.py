@@ -47,32 +47,42 @@ def test_the_normal_quantile_is_exact_enough() -> None:
     assert _normal_ppf(0.5) == pytest.approx(0.0, abs=1e-9)
 
 
-def test_a_twenty_percent_drop_at_500_clicks_fails_and_equal_rates_pass() -> None:
-    t = Thresholds(min_clicks=500)
+def test_a_twenty_percent_drop_at_the_minimum_exposure_fails_and_equal_rates_pass() -> None:
+    t = Thresholds(min_impressions=4000)
     worse = ctr_check(
-        Arm("2", impressions=6250, clicks=500), Arm("1", impressions=5000, clicks=500), t
+        Arm("2", impressions=4000, clicks=416), Arm("1", impressions=4000, clicks=520), t
     )
     assert worse[0].status is CheckStatus.FAIL, worse[0].detail
     assert "-20.0%" in worse[0].detail
     same = ctr_check(
-        Arm("2", impressions=5000, clicks=505), Arm("1", impressions=5000, clicks=500), t
+        Arm("2", impressions=4000, clicks=525), Arm("1", impressions=4000, clicks=520), t
     )
     assert same[0].status is CheckStatus.PASS, same[0].detail
 
 
-def test_ctr_waits_for_min_clicks_on_both_arms_and_is_skipped_at_zero() -> None:
-    t = Thresholds(min_clicks=500)
+def test_ctr_waits_for_min_impressions_on_both_arms_and_is_skipped_at_zero() -> None:
+    t = Thresholds(min_impressions=4000)
     few = ctr_check(
-        Arm("2", impressions=9000, clicks=100), Arm("1", impressions=9000, clicks=900), t
+        Arm("2", impressions=3999, clicks=10), Arm("1", impressions=9000, clicks=1200), t
     )
-    assert few[0].status is CheckStatus.INSUFFICIENT  # a huge drop, but not enough clicks yet
-    assert few[1] is None
-    off = ctr_check(Arm("2"), Arm("1"), Thresholds(min_clicks=0))
+    assert few[0].status is CheckStatus.INSUFFICIENT  # a huge drop, but not enough exposure yet
+    assert few[1] is None and "need 4000 each" in few[0].detail
+    off = ctr_check(Arm("2"), Arm("1"), Thresholds(min_impressions=0))
     assert off[0].status is CheckStatus.SKIPPED
 
 
+def test_a_canary_that_earns_almost_no_clicks_is_judged_on_exposure() -> None:
+    # 2 % vs 13 % CTR: 80 clicks where a click minimum (500) would wait for ever
+    t = Thresholds(min_impressions=4000)
+    check, test = ctr_check(
+        Arm("2", impressions=4000, clicks=80), Arm("1", impressions=4000, clicks=520), t
+    )
+    assert check.status is CheckStatus.FAIL, check.detail
+    assert test is not None and test.p_worse < 1e-9
+
+
 def _analysis(canary: Arm, **thresholds: float) -> Analysis:
-    return evaluate(Analysis(canary, Arm("1"), 10, 10, Thresholds(min_clicks=0, **thresholds)))
+    return evaluate(Analysis(canary, Arm("1"), 10, 10, Thresholds(min_impressions=0, **thresholds)))
 
 
 def test_checks_need_min_requests_then_judge_errors_and_p99() -> None:
@@ -98,13 +108,14 @@ def test_queries_select_both_versions_and_the_5xx_class() -> None:
     assert 'movie_mlops_feedback_total{event="click",model_version=~"7|6"}[120s]' in q["clicks"]
 
 
-def test_the_plan_comes_from_annotations_with_flags_on_top() -> None:
+def test_the_plan_comes_from_annotations_with_flags_on_top(caplog) -> None:
     isvc = {
         "metadata": {
             "annotations": {
                 "movie-mlops.io/canary-steps": "5,10,25,50,100",
                 "movie-mlops.io/canary-interval-seconds": "300",
                 "movie-mlops.io/canary-step-percent": "5",  # not part of the plan
+                "movie-mlops.io/canary-min-clicks": "50",  # the old name: not read, said so
             }
         }
     }
@@ -113,6 +124,9 @@ def test_the_plan_comes_from_annotations_with_flags_on_top() -> None:
     assert plan.interval == 2
     assert plan.thresholds.max_p99_seconds == 0.25
     assert plan.failure_threshold == int(CANARY_PLAN_DEFAULTS["failure-threshold"])
+    assert plan.thresholds.min_impressions == int(CANARY_PLAN_DEFAULTS["min-impressions"])
+    assert "canary-min-clicks is not a rollout setting" in caplog.text
+    assert "step-percent" not in caplog.text
     assert Plan.of(None, {}).steps == (50, 100)  # the local stack: dev's plan
 
 

@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from contracts.inferenceservice import CANARY_ANNOTATION_PREFIX, CANARY_PLAN_DEFAULTS
+
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ("dev", "staging", "prod")
 K8S_VERSION = "1.32.0"
@@ -390,6 +392,14 @@ def test_each_overlay_sets_a_measured_rollout_plan_and_the_job_reaches_prometheu
     env, objs = overlay
     isvc = by_kind(objs, "InferenceService")["movie-recommender"]
     plan = Plan.of(isvc, {})  # every annotation parses
+    settings = {
+        key.removeprefix(CANARY_ANNOTATION_PREFIX)
+        for key in isvc["metadata"]["annotations"]
+        if key.startswith(CANARY_ANNOTATION_PREFIX)
+    }
+    # every setting is one the plan reads (no stale name, e.g. min-clicks), and all are set
+    assert settings == {*CANARY_PLAN_DEFAULTS, "step-percent"}
+    assert plan.thresholds.min_impressions > 0  # the CTR check is on in every overlay
     assert plan.steps == CANARY_STEPS[env]
     assert str(plan.steps[0]) == CANARY_STEP[env]  # `canary` without --percent: the first step
     intervals = {"dev": 30, "staging": 60, "prod": 300}
