@@ -15,22 +15,24 @@
 
 from __future__ import annotations
 
-import itertools
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import requests
 
 from contracts.inferenceservice import CANARY_PLAN_DEFAULTS
-from contracts.names import VERSION_HEADER
 from pipelines.rollout.analysis import Arm, CheckStatus, ctr_check
 from pipelines.rollout.auto import Plan
-from tests.support.stack import REPO_ROOT, local_stack, serve_only, train_two_versions
+from tests.support.stack import (
+    REPO_ROOT,
+    PredictLoad,
+    local_stack,
+    serve_only,
+    train_two_versions,
+)
 
 STABLE_CTRS = (0.13, 0.15, 0.10)  # pipelines.traffic at k=10: ~11-15 %; lower is harder
 DROP = 0.20
@@ -68,46 +70,13 @@ def detection_rates(plan: Plan, stable_ctr: float, seed: int = 12) -> tuple[floa
     return caught / TRIALS, wrong / TRIALS
 
 
-class _VersionLoad:
-    """Requests through the ingress on two threads; (time, version, status) of every answer."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.answers: list[tuple[float, str, int]] = []
-        self._users = itertools.count()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
-
-    def _run(self) -> None:
-        with requests.Session() as session:
-            while not self._stop.is_set():
-                # another user each time: the ingress keeps a user on one arm (sticky)
-                user = next(self._users) % 400 + 1
-                try:
-                    r = session.post(self.url, json={"instances": [{"user_id": user}]}, timeout=10)
-                    answer = (r.headers.get(VERSION_HEADER, "?"), r.status_code)
-                except requests.RequestException:
-                    answer = ("?", 0)
-                self.answers.append((time.monotonic(), *answer))
-
-    def __enter__(self) -> _VersionLoad:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=15)
-
-
 def time_to_rollback() -> tuple[float, int, int, int]:
     """(seconds the faulty canary took traffic, requests sent, failed, failed on stable)."""
     with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp)) as stack:
         versions = train_two_versions(stack)
         stable, bad = versions["first"], versions["second"]
         serve_only(stack, stable)
-        with _VersionLoad(stack.predict_url) as load:
+        with PredictLoad(stack.predict_url) as load:
             proc = subprocess.run(
                 [sys.executable, "-m", "pipelines.rollout", "auto", "--version", bad,
                  "--fault-error-rate", "0.05", "--min-impressions", "0"],

@@ -13,11 +13,9 @@ who click by taste; the event sink counts their impressions and clicks
 
 from __future__ import annotations
 
-import itertools
 import json
 import threading
 import time
-from collections import Counter
 from typing import Any
 
 import pytest
@@ -29,6 +27,7 @@ from pipelines import registry, traffic
 from pipelines.rollout import analysis
 from tests.support.stack import (
     MODEL,
+    PredictLoad,
     Session,
     serve_only,
     train_popularity,
@@ -54,45 +53,6 @@ USERS = 400  # of the 600 the features were built with
 @pytest.fixture(scope="module")
 def versions(stack: Session) -> dict[str, str]:
     return train_two_versions(stack)
-
-
-class Traffic:
-    """Requests through the ingress on two threads; answers counted by (version, status).
-
-    Each request is another user (1..400, in turn): the ingress keeps a user on one arm, so
-    one user's requests alone would all land on the same arm, whatever the canary percent.
-    """
-
-    def __init__(self, stack: Session) -> None:
-        self.url = stack.predict_url
-        self.answers: Counter[tuple[str, int]] = Counter()
-        self._users = itertools.count()  # shared by both threads (next() holds the GIL)
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
-
-    def _run(self) -> None:
-        with requests.Session() as session:
-            while not self._stop.is_set():
-                user = next(self._users) % USERS + 1
-                try:
-                    r = session.post(self.url, json={"instances": [{"user_id": user}]}, timeout=10)
-                    key = (r.headers.get(VERSION_HEADER, "?"), r.status_code)
-                except requests.RequestException:
-                    key = ("?", 0)
-                self.answers[key] += 1
-
-    def __enter__(self) -> Traffic:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=15)
-
-    def of(self, version: str) -> Counter[int]:
-        return Counter({code: n for (v, code), n in self.answers.items() if v == version})
 
 
 @pytest.fixture
@@ -144,7 +104,7 @@ def test_a_canary_with_5_percent_errors_is_rolled_back_within_one_interval(
     stack: Session, versions: dict[str, str], stable: str
 ) -> None:
     canary = versions["second"]
-    with Traffic(stack) as traffic:
+    with PredictLoad(stack.predict_url, USERS) as traffic:
         proc = stack.run(
             "pipelines.rollout", "auto", "--version", canary, *FAST,
             "--fault-error-rate", "0.05",  # tests only: 5 % of the canary's answers are 500
@@ -157,10 +117,10 @@ def test_a_canary_with_5_percent_errors_is_rolled_back_within_one_interval(
     # rolled back at the first analysis, one interval after the canary took its share
     assert proc.stdout.count("verdict:") == 1, proc.stdout
     assert "step 50%, 4 s:" in proc.stdout, proc.stdout
-    assert traffic.of(canary)[500] > 0, traffic.answers  # the canary really failed requests
+    assert traffic.of(canary)[500] > 0, traffic.counts()  # the canary really failed requests
     # the stable arm never failed: before, during or after the rollback
-    assert set(traffic.of(stable)) == {200}, traffic.answers
-    assert {v for v, _ in traffic.answers} <= {stable, canary}, traffic.answers
+    assert set(traffic.of(stable)) == {200}, traffic.counts()
+    assert {v for _, v, _ in traffic.answers} <= {stable, canary}, traffic.counts()
     assert _served_only_by(stack, stable)
     assert _is_champion(stack, stable)
     tags = _tags(stack, canary)
@@ -176,7 +136,7 @@ def test_a_canary_with_p99_over_the_threshold_is_rolled_back(
     stack: Session, versions: dict[str, str], stable: str
 ) -> None:
     canary = versions["second"]
-    with Traffic(stack) as traffic:
+    with PredictLoad(stack.predict_url, USERS) as traffic:
         proc = stack.run(
             "pipelines.rollout", "auto", "--version", canary, *FAST,
             "--fault-latency-ms", "600",  # tests only: every canary answer takes 600 ms more
@@ -185,7 +145,7 @@ def test_a_canary_with_p99_over_the_threshold_is_rolled_back(
         )  # fmt: skip
     assert proc.returncode == 10, proc.stdout + proc.stderr
     assert "latency-p99" in proc.stderr, proc.stderr
-    assert set(traffic.of(stable)) == {200}, traffic.answers
+    assert set(traffic.of(stable)) == {200}, traffic.counts()
     assert _served_only_by(stack, stable)
     assert _tags(stack, canary)["rollout.decision"] == "rolled_back"
 
@@ -194,7 +154,7 @@ def test_a_healthy_canary_is_promoted_through_every_step(
     stack: Session, versions: dict[str, str], stable: str
 ) -> None:
     canary = versions["second"]
-    with Traffic(stack) as traffic:
+    with PredictLoad(stack.predict_url, USERS) as traffic:
         proc = stack.run(
             "pipelines.rollout", "auto", "--version", canary, *FAST,
             "--steps", "25,50,100", "--min-requests", "10", "--max-p99-ms", "2000",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import requests
 
 from contracts import credentials
 from contracts.names import MODEL_NAME as MODEL
+from contracts.names import VERSION_HEADER
 from localstack.processes import free_port
 from localstack.stack import StackSettings, down, up
 
@@ -254,3 +256,49 @@ def page_responses(base: str) -> dict[str, requests.Response]:
 def csp_directives(header: str) -> dict[str, str]:
     """A Content-Security-Policy header as {directive: sources}."""
     return dict(d.strip().split(" ", 1) for d in header.split(";"))
+
+
+class PredictLoad:
+    """Predictions through the ingress on two threads until the block ends; every answer is
+    kept as (time, version, status).
+
+    Each request is another user (1..``users``, in turn): the ingress keeps a user on one arm
+    (sticky assignment), so one user's requests alone would all land on the same arm, whatever
+    the canary percent.
+    """
+
+    def __init__(self, url: str, users: int = 400) -> None:
+        self.url, self.users = url, users
+        self.answers: list[tuple[float, str, int]] = []
+        self._next_user = itertools.count()  # shared by both threads (next() holds the GIL)
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
+
+    def _run(self) -> None:
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                user = next(self._next_user) % self.users + 1
+                try:
+                    r = session.post(self.url, json={"instances": [{"user_id": user}]}, timeout=10)
+                    answer = (r.headers.get(VERSION_HEADER, "?"), r.status_code)
+                except requests.RequestException:
+                    answer = ("?", 0)
+                self.answers.append((time.monotonic(), *answer))
+
+    def counts(self) -> Counter[tuple[str, int]]:
+        """Answers by (version, status)."""
+        return Counter((version, status) for _, version, status in self.answers)
+
+    def of(self, version: str) -> Counter[int]:
+        """Statuses of the answers that ``version`` gave."""
+        return Counter(status for _, v, status in self.answers if v == version)
+
+    def __enter__(self) -> PredictLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=15)
