@@ -100,18 +100,25 @@ def _served_only_by(stack: Session, version: str) -> bool:
     return seen == {version}
 
 
+def _auto_under_load(stack: Session, canary: str, *flags: str) -> tuple[Any, PredictLoad]:
+    """`rollout auto` of ``canary`` with the fast plan and ``flags``, under prediction load."""
+    with PredictLoad(stack.predict_url, USERS) as traffic:
+        proc = stack.run(
+            "pipelines.rollout", "auto", "--version", canary, *FAST, *flags, check=False
+        )
+        time.sleep(0.5)  # answers after the decision: the stable arm keeps serving
+    return proc, traffic
+
+
 def test_a_canary_with_5_percent_errors_is_rolled_back_within_one_interval(
     stack: Session, versions: dict[str, str], stable: str
 ) -> None:
     canary = versions["second"]
-    with PredictLoad(stack.predict_url, USERS) as traffic:
-        proc = stack.run(
-            "pipelines.rollout", "auto", "--version", canary, *FAST,
-            "--fault-error-rate", "0.05",  # tests only: 5 % of the canary's answers are 500
-            "--max-error-rate", "0.01", "--min-requests", "100", "--max-p99-ms", "5000",
-            check=False,
-        )  # fmt: skip
-        time.sleep(0.5)
+    proc, traffic = _auto_under_load(
+        stack, canary,
+        "--fault-error-rate", "0.05",  # tests only: 5 % of the canary's answers are 500
+        "--max-error-rate", "0.01", "--min-requests", "100", "--max-p99-ms", "5000",
+    )  # fmt: skip
     assert proc.returncode == 10, proc.stdout + proc.stderr
     assert "error-rate" in proc.stderr and "rolled back" in proc.stderr, proc.stderr
     # rolled back at the first analysis, one interval after the canary took its share
@@ -136,13 +143,11 @@ def test_a_canary_with_p99_over_the_threshold_is_rolled_back(
     stack: Session, versions: dict[str, str], stable: str
 ) -> None:
     canary = versions["second"]
-    with PredictLoad(stack.predict_url, USERS) as traffic:
-        proc = stack.run(
-            "pipelines.rollout", "auto", "--version", canary, *FAST,
-            "--fault-latency-ms", "600",  # tests only: every canary answer takes 600 ms more
-            "--max-p99-ms", "400", "--min-requests", "5",
-            check=False,
-        )  # fmt: skip
+    proc, traffic = _auto_under_load(
+        stack, canary,
+        "--fault-latency-ms", "600",  # tests only: every canary answer takes 600 ms more
+        "--max-p99-ms", "400", "--min-requests", "5",
+    )  # fmt: skip
     assert proc.returncode == 10, proc.stdout + proc.stderr
     assert "latency-p99" in proc.stderr, proc.stderr
     assert set(traffic.of(stable)) == {200}, traffic.counts()
@@ -154,12 +159,9 @@ def test_a_healthy_canary_is_promoted_through_every_step(
     stack: Session, versions: dict[str, str], stable: str
 ) -> None:
     canary = versions["second"]
-    with PredictLoad(stack.predict_url, USERS) as traffic:
-        proc = stack.run(
-            "pipelines.rollout", "auto", "--version", canary, *FAST,
-            "--steps", "25,50,100", "--min-requests", "10", "--max-p99-ms", "2000",
-            check=False,
-        )  # fmt: skip
+    proc, traffic = _auto_under_load(
+        stack, canary, "--steps", "25,50,100", "--min-requests", "10", "--max-p99-ms", "2000"
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for step in ("step 25%", "step 50%", "promoted version"):
         assert step in proc.stdout, proc.stdout
