@@ -64,10 +64,10 @@ import contextlib
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import unquote, urlsplit
@@ -312,7 +312,7 @@ def build_app(
             body = await _read_body(request, max_request_bytes)
         except BodyTooLarge:
             return _too_large(max_request_bytes)
-        arrived = datetime.now(UTC)
+        arrived = time.time_ns()  # the request event's time
         request_id = uuid.uuid4().hex  # fresh, whatever the client sent: ids are ours
         forwarded = {
             k: v
@@ -472,18 +472,17 @@ def log_prediction(
     request: web.Request,
     request_id: str,
     body: bytes,
-    arrived: datetime,
+    arrived: int,
     revision: str,
     status: int,
     payload: bytes,
 ) -> None:
     """Queue the request event and, for a 200 (as KServe's logger), the response event."""
-    content_type = request.headers.get("Content-Type", "application/json")
-    user_key = request.headers.get(ev.USER_ID_HEADER)
-    common = {"content_type": content_type, "endpoint": revision, "user_key": user_key}
-    emitter.emit(ev.CE_REQUEST_TYPE, request_id, body, occurred=arrived, **common)
-    if status == 200:
-        emitter.emit(ev.CE_RESPONSE_TYPE, request_id, payload, occurred=datetime.now(UTC), **common)
+    emitter.log(
+        request_id, body, payload if status == 200 else None,
+        content_type=request.headers.get("Content-Type", "application/json"),
+        arrived=arrived, endpoint=revision, user_key=request.headers.get(ev.USER_ID_HEADER),
+    )  # fmt: skip
 
 
 async def _ok() -> web.Response:

@@ -24,28 +24,25 @@ prediction by ``request_id`` and get the serving ``model_version``, the ``user_k
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 import orjson
 import pyarrow as pa
 from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     TypeAdapter,
     ValidationError,
-    field_validator,
-    model_validator,
+    with_config,
 )
+from typing_extensions import TypedDict  # pydantic needs this one below Python 3.12
 
 from contracts import events as ev
 
@@ -58,16 +55,17 @@ Text = Annotated[str, Field(max_length=512)]
 NOPARSE: Any = object()  # `extract`: the payload has not been parsed yet
 
 
-class CloudEventAttributes(BaseModel):
+@with_config(ConfigDict(val_json_bytes="base64"))
+class CloudEventAttributes(TypedDict):
     """The context attributes of one KServe inference CloudEvent — the only definition of them.
 
     Validated the same way however they arrived: from the ``ce-*`` headers of a binary-mode request
     (`cloud_event_headers`, what KServe's logger sends) or from the members of one event of a JSON
     batch (`StructuredCloudEvent`, what the local ingress sends). Unknown extensions
-    (``recordedtime``, ``annotations``, ...) are ignored.
+    (``recordedtime``, ``annotations``, ...) are ignored. A ``TypedDict`` rather than a model:
+    pydantic-core validates it with no Python object per event, in half a model's time, and what
+    comes out is a plain dict.
     """
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
 
     specversion: Literal["1.0"]
     id: Annotated[str, Field(pattern=_ID)]
@@ -75,28 +73,23 @@ class CloudEventAttributes(BaseModel):
         "org.kubeflow.serving.inference.request", "org.kubeflow.serving.inference.response"
     ]
     source: Annotated[str, Field(min_length=1, max_length=512)]
-    time: datetime | None = None
-    inferenceservicename: Text = ""
-    namespace: Text = ""
-    component: Text = ""
-    endpoint: Text = ""
-    metadata: Annotated[str, Field(max_length=8192)] = ""
-
-    @field_validator("time")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
-
-    @property
-    def kind(self) -> str:
-        return ev.CE_TYPE_KIND[self.type]
+    time: NotRequired[datetime | None]  # a time without an offset is UTC (`prediction_row`)
+    inferenceservicename: NotRequired[Text]
+    namespace: NotRequired[Text]
+    component: NotRequired[Text]
+    endpoint: NotRequired[Text]
+    metadata: NotRequired[Annotated[str, Field(max_length=8192)]]
 
 
+def kind_of(attrs: CloudEventAttributes) -> str:
+    """``request`` or ``response``: the kind (and folder) of a validated event."""
+    return ev.CE_TYPE_KIND[attrs["type"]]
+
+
+_HEADER_ATTRIBUTES: TypeAdapter[CloudEventAttributes] = TypeAdapter(CloudEventAttributes)
 # binary mode: which header carries which attribute (looked up, not scanned: a request has many
 # headers and only these matter)
-_CE_HEADERS = tuple((ev.CE_HEADER_PREFIX + n, n) for n in CloudEventAttributes.model_fields)
+_CE_HEADERS = tuple((ev.CE_HEADER_PREFIX + n, n) for n in CloudEventAttributes.__annotations__)
 
 
 def cloud_event_headers(headers: Mapping[str, str]) -> CloudEventAttributes:
@@ -108,16 +101,7 @@ def cloud_event_headers(headers: Mapping[str, str]) -> CloudEventAttributes:
         value = headers.get(header)
         if value is not None:
             found[name] = value
-    return CloudEventAttributes.model_validate(found)
-
-
-def _base64(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return base64.b64decode(value, validate=True)
-        except binascii.Error as err:
-            raise ValueError(f"not base64: {err}") from None
-    return value  # None; anything else fails the bytes check below
+    return _HEADER_ATTRIBUTES.validate_python(found)
 
 
 class StructuredCloudEvent(CloudEventAttributes):
@@ -126,35 +110,35 @@ class StructuredCloudEvent(CloudEventAttributes):
 
     The same attributes as binary mode, members of the object instead of ``ce-*`` headers, plus
     ``datacontenttype`` (binary mode's ``Content-Type``) and the payload: ``data_base64`` (the
-    bytes, base64; what the local ingress sends, so the stored payload is byte for byte the one
-    binary mode would store) or ``data`` (a JSON value when ``datacontenttype`` is JSON or absent,
-    else a string) — never both (section 3.1.1).
+    bytes, base64, decoded by pydantic-core; what the local ingress sends, so the stored payload is
+    byte for byte the one binary mode would store) or ``data`` (a JSON value when
+    ``datacontenttype`` is JSON or absent, else a string) — never both (section 3.1.1;
+    `payload`).
     """
 
-    datacontenttype: Annotated[str, Field(max_length=256)] | None = None
-    data: Any = None
-    data_base64: Annotated[bytes | None, BeforeValidator(_base64)] = None
+    datacontenttype: NotRequired[Annotated[str, Field(max_length=256)] | None]
+    data: NotRequired[Any]
+    data_base64: NotRequired[bytes | None]
 
-    @model_validator(mode="after")
-    def _one_payload(self) -> StructuredCloudEvent:
-        if self.data_base64 is not None and "data" in self.model_fields_set:
-            raise ValueError("data and data_base64 are mutually exclusive")
-        textual = not _is_json(self.datacontenttype)
-        if textual and self.data is not None and not isinstance(self.data, str):
+
+def payload(event: StructuredCloudEvent) -> tuple[bytes, Any, str | None]:
+    """A batch event's payload bytes, its parsed JSON document when already parsed (else
+    `NOPARSE`), and its content type, as binary mode would have carried them. `ValueError` when
+    it has both ``data`` and ``data_base64`` or a ``data`` that is not text where the content
+    type is not JSON (section 3.1)."""
+    content_type = event.get("datacontenttype")
+    data = event.get("data_base64")
+    if "data" not in event:
+        return (b"" if data is None else data), NOPARSE, content_type
+    if data is not None:
+        raise ValueError("data and data_base64 are mutually exclusive")
+    data = event["data"]
+    if not _is_json(content_type):
+        if data is not None and not isinstance(data, str):
             raise ValueError("data must be a string when datacontenttype is not JSON")
-        return self
-
-    def payload(self) -> tuple[bytes, Any, str | None]:
-        """The payload's bytes, its parsed JSON document when already parsed (else `NOPARSE`),
-        and its content type, as binary mode would have carried them."""
-        if self.data_base64 is not None:
-            return self.data_base64, NOPARSE, self.datacontenttype
-        if "data" not in self.model_fields_set:
-            return b"", NOPARSE, self.datacontenttype
-        if _is_json(self.datacontenttype):
-            text = json.dumps(self.data, ensure_ascii=False, separators=(",", ":"))
-            return text.encode(), self.data, self.datacontenttype or "application/json"
-        return (self.data or "").encode(), NOPARSE, self.datacontenttype
+        return (data or "").encode(), NOPARSE, content_type
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return text.encode(), data, content_type or "application/json"
 
 
 @functools.lru_cache(maxsize=64)
@@ -169,8 +153,8 @@ def _is_json(content_type: str | None) -> bool:
 CloudEventBatch: TypeAdapter[list[StructuredCloudEvent]] = TypeAdapter(
     Annotated[list[StructuredCloudEvent], Field(max_length=ev.MAX_CE_BATCH_EVENTS)]
 )
-"""Validates a whole batch body (JSON parsed in pydantic-core); errors are located
-``(index, attribute)``."""
+"""Validates a whole batch body (JSON and base64 decoded in pydantic-core, no Python call per
+event); errors are located ``(index, attribute)``. The payload rules are `payload`'s."""
 
 
 def prediction_row(
@@ -179,26 +163,23 @@ def prediction_row(
     content_type: str | None,
     received_at: datetime,
     doc: Any = NOPARSE,
-) -> dict[str, Any]:
-    """The stored row of one request/response event (`PREDICTION_SCHEMA`), whichever mode it came
-    in: binary mode and a batch event with the same attributes and bytes give the same row."""
-    kind = attrs.kind
-    row = {
-        "request_id": attrs.id,
-        "type": kind,
-        "time": attrs.time,
-        "received_at": received_at,
-        "source": attrs.source,
-        "inference_service": attrs.inferenceservicename,
-        "namespace": attrs.namespace,
-        "component": attrs.component,
-        "endpoint": attrs.endpoint,
-        "content_type": content_type,
-        "metadata": attrs.metadata or None,
-        "payload": body.decode("utf-8", errors="replace"),
-    }
-    row.update(extract(kind, body, attrs.metadata, doc))
-    return row
+) -> tuple[Any, ...]:
+    """The stored row of one request/response event, in `PREDICTION_SCHEMA`'s column order,
+    whichever mode it came in: binary mode and a batch event with the same attributes and bytes
+    give the same row."""
+    kind = ev.CE_TYPE_KIND[attrs["type"]]
+    get = attrs.get
+    metadata = get("metadata") or None
+    version, user, instances, items = _extract(kind, body, metadata, doc)
+    occurred = get("time")
+    if occurred is not None and occurred.tzinfo is None:
+        occurred = occurred.replace(tzinfo=UTC)
+    return (
+        attrs["id"], kind, occurred, received_at, attrs["source"],
+        get("inferenceservicename", ""), get("namespace", ""), get("component", ""),
+        get("endpoint", ""), version, user, instances, items, content_type, metadata,
+        body.decode("utf-8", errors="replace"),
+    )  # fmt: skip
 
 
 class FeedbackEvent(BaseModel):
@@ -212,6 +193,14 @@ class FeedbackEvent(BaseModel):
     position: Annotated[int, Field(ge=0, le=1000)]
     model_version: Annotated[str, Field(pattern=_VERSION)]
     user_id: Annotated[str, Field(pattern=_USER)]
+
+
+def feedback_row(event: FeedbackEvent, received_at: datetime) -> tuple[Any, ...]:
+    """The stored row of one feedback event, in `FEEDBACK_SCHEMA`'s column order."""
+    return (
+        event.request_id, event.type, event.item_id, event.position, event.model_version,
+        event.user_id, received_at,
+    )  # fmt: skip
 
 
 class FeedbackBatch(BaseModel):
@@ -237,10 +226,17 @@ def describe(err: ValidationError, root: str = "") -> list[dict[str, str]]:
 # -- extraction from the V1 / V2 payloads -----------------------------------------------------
 
 
+_INT = {int}
+
+
 def _int_list(values: Any, limit: int = 1000) -> list[int]:
+    """The integers of a JSON list, in order (bools and anything else left out)."""
     if not isinstance(values, list):
         return []
-    return [int(v) for v in values[:limit] if isinstance(v, int) and not isinstance(v, bool)]
+    values = values[:limit]
+    if set(map(type, values)) <= _INT:  # the usual case, checked in C
+        return values
+    return [v for v in values if type(v) is int]
 
 
 def _v2_tensor(doc: dict[str, Any], key: str, name: str) -> dict[str, Any] | None:
@@ -251,10 +247,13 @@ def _v2_tensor(doc: dict[str, Any], key: str, name: str) -> dict[str, Any] | Non
 
 
 def _scalar_text(value: Any) -> str | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int | str) and len(str(value)) <= 128:
-        return str(value)
+    """A JSON string or integer as text (at most 128 characters); else None (bools too)."""
+    kind = type(value)
+    if kind is str:
+        return value if len(value) <= 128 else None
+    if kind is int:
+        text = str(value)
+        return text if len(text) <= 128 else None
     return None
 
 
@@ -268,41 +267,50 @@ def extract(kind: str, body: bytes, metadata: str, doc: Any = NOPARSE) -> dict[s
     left null: the raw payload is stored anyway. ``doc``: the payload already parsed (a batch
     event's ``data``), else `NOPARSE` and ``body`` is parsed here.
     """
-    out: dict[str, Any] = {"model_version": None, "user_key": None, "item_ids": None}
-    out["instances"] = None
+    version, user, instances, items = _extract(kind, body, metadata, doc)
+    return {"model_version": version, "user_key": user, "item_ids": items, "instances": instances}
+
+
+def _extract(
+    kind: str, body: bytes, metadata: str | None, doc: Any
+) -> tuple[str | None, str | None, int | None, list[int] | None]:
+    """`extract` as ``(model_version, user_key, instances, item_ids)``: what `prediction_row`
+    stores, without a dict per event."""
+    version = user = instances = items = None
     if doc is NOPARSE:
         doc = _loads(body) if body else None
     if isinstance(doc, dict):
-        out["model_version"] = _scalar_text(doc.get("model_version"))
+        version = _scalar_text(doc.get("model_version"))
         if kind == ev.REQUEST:
-            instances = doc.get("instances")
-            if isinstance(instances, list):
-                out["instances"] = len(instances)
-                if instances and isinstance(instances[0], dict):
-                    out["user_key"] = _scalar_text(instances[0].get("user_id"))
-            tensor = _v2_tensor(doc, "inputs", "user_id")
+            rows = doc.get("instances")
+            if isinstance(rows, list):
+                instances = len(rows)
+                if rows and isinstance(rows[0], dict):
+                    user = _scalar_text(rows[0].get("user_id"))
+            tensor = _v2_tensor(doc, "inputs", "user_id") if "inputs" in doc else None
             if tensor is not None:
                 data = tensor.get("data") or []
-                out["instances"] = len(data) if isinstance(data, list) else None
+                instances = len(data) if isinstance(data, list) else None
                 if isinstance(data, list) and data and data[0] != -1:
-                    out["user_key"] = _scalar_text(data[0])
+                    user = _scalar_text(data[0])
         else:
             predictions = doc.get("predictions")
             if isinstance(predictions, list):
-                out["instances"] = len(predictions)
+                instances = len(predictions)
                 if predictions and isinstance(predictions[0], dict):
-                    out["item_ids"] = _int_list(predictions[0].get("content_ids"))
-            tensor = _v2_tensor(doc, "outputs", "content_ids")
+                    items = _int_list(predictions[0].get("content_ids"))
+            tensor = _v2_tensor(doc, "outputs", "content_ids") if "outputs" in doc else None
             if tensor is not None:
                 shape = tensor.get("shape") or []
                 data = tensor.get("data") or []
                 width = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else len(data)
-                out["instances"] = shape[0] if shape and isinstance(shape[0], int) else None
-                out["item_ids"] = [i for i in _int_list(data[:width]) if i >= 0]
-    user = _metadata_user(metadata)
-    if user is not None:
-        out["user_key"] = user
-    return out
+                instances = shape[0] if shape and isinstance(shape[0], int) else None
+                items = [i for i in _int_list(data[:width]) if i >= 0]
+    if metadata:
+        found = _metadata_user(metadata)
+        if found is not None:
+            user = found
+    return version, user, instances, items
 
 
 def _loads(body: bytes) -> Any:

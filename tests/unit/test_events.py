@@ -4,6 +4,7 @@ and JSON batches (the sink app in-process on a loopback port, the twin's real em
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import ValidationError
 
 from contracts import events as ev
-from localstack.events import EventEmitter, LogEvent
+from localstack.events import EventEmitter, Prediction
 from pipelines.events import schema, store
 from pipelines.events.sink import SinkSettings, TokenBuckets, build_app
 from pipelines.events.training import ANONYMOUS_BASE, anonymous_user_id
@@ -49,7 +50,7 @@ def test_cloud_event_headers_are_kserves_and_case_does_not_matter():
     headers = {"Ce-Specversion": "1.0", "CE-ID": "abc", "ce-type": ev.CE_RESPONSE_TYPE,
                "ce-source": "http://localhost:9081/", "ce-endpoint": ""}  # fmt: skip
     parsed = schema.cloud_event_headers(headers)
-    assert parsed.kind == ev.RESPONSE and parsed.endpoint == ""
+    assert schema.kind_of(parsed) == ev.RESPONSE and parsed["endpoint"] == ""
     with pytest.raises(ValidationError):
         schema.cloud_event_headers({**headers, "ce-type": "com.example.other"})
 
@@ -72,8 +73,7 @@ def test_anonymous_users_get_stable_ids_apart_from_numeric_ones():
 def test_parts_are_published_whole_and_a_dead_writers_temporary_is_swept(tmp_path: Path):
     root = tmp_path / "events"
     when = datetime(2026, 1, 2, 3, tzinfo=UTC)
-    row = {"request_id": "r", "type": "click", "item_id": 5, "position": 0,
-           "model_version": "1", "user_id": "u", "received_at": when}  # fmt: skip
+    row = ("r", "click", 5, 0, "1", "u", when)  # FEEDBACK_SCHEMA's order
     path = store.write_part(root, ev.CLICK, [row], when)
     assert path.parent == root / "click" / "date=2026-01-02" / "hour=03"
     assert store.read_kind(tmp_path, ev.CLICK).to_pylist()[0]["item_id"] == 5
@@ -96,21 +96,35 @@ async def _sink_client(data_dir: Path, **settings: Any) -> TestClient:
     return client
 
 
-def _prediction_events() -> list[LogEvent]:
-    occurred = datetime(2026, 5, 4, 3, 2, 1, 123456, tzinfo=UTC)
-    common = {"content_type": "application/json", "occurred": occurred, "recorded": occurred,
+OCCURRED = datetime(2026, 5, 4, 3, 2, 1, 123456, tzinfo=UTC)
+
+
+def _predictions() -> list[Prediction]:
+    ns = int(OCCURRED.timestamp()) * 10**9 + OCCURRED.microsecond * 1000
+    common = {"content_type": "application/json", "arrived": ns, "answered": ns + 1000,
               "endpoint": "movie-recommender-predictor-00002", "user_key": "anon-7"}  # fmt: skip
     request = b'{"instances": [ {"user_id": 42, "k": 3} ]}'  # spaces kept byte for byte
     response = b'{"model_version":"3","predictions":[{"content_ids":[9,8,7]}]}'
     return [
-        LogEvent(ev.CE_REQUEST_TYPE, "3f2a", request, **common),
-        LogEvent(ev.CE_RESPONSE_TYPE, "3f2a", response, **common),
-        LogEvent(ev.CE_REQUEST_TYPE, "3f2b", b"\xff not json", **common),  # a 400's request
+        Prediction("3f2a", request, response, **common),
+        Prediction("3f2b", b"\xff not json", None, **common),  # a 400: its request only
     ]
 
 
+def test_the_twins_batch_members_are_the_attributes_kserve_sends_plus_the_payload():
+    emitter = EventEmitter("http://sink/", inference_service="movie-recommender", source="in")
+    for p in _predictions():
+        events = p.events()
+        assert emitter._render(p) == b",".join(emitter.structured(e) for e in events)
+        for event in events:
+            member = json.loads(emitter.structured(event))
+            assert base64.b64decode(member.pop("data_base64")) == event.body
+            assert member.pop("datacontenttype") == event.content_type
+            assert member == emitter.attributes(event)
+
+
 def test_a_binary_event_and_the_same_event_in_the_twins_batch_store_identical_rows(tmp_path):
-    events = _prediction_events()
+    predictions = _predictions()
 
     async def scenario() -> None:
         binary = await _sink_client(tmp_path / "binary")
@@ -119,14 +133,14 @@ def test_a_binary_event_and_the_same_event_in_the_twins_batch_store_identical_ro
             str(batched.make_url("/")), inference_service="movie-recommender", source="ingress"
         )
         try:
-            for event in events:  # as KServe sends them: one POST each
+            for event in (e for p in predictions for e in p.events()):  # as KServe: one POST each
                 headers, body = emitter.binary(event)
                 answer = await binary.post("/", data=body, headers=headers)
                 assert answer.status == 200, await answer.text()
             await emitter.start()  # as the twin sends them: what its queue holds, one POST
-            for e in events:
-                kwargs = {"occurred": e.occurred, "endpoint": e.endpoint, "user_key": e.user_key}
-                emitter.emit(e.ce_type, e.request_id, e.body, content_type=e.content_type, **kwargs)
+            for p in predictions:
+                kwargs = {"arrived": p.arrived, "endpoint": p.endpoint, "user_key": p.user_key}
+                emitter.log(p.request_id, p.body, p.payload, content_type=p.content_type, **kwargs)
             await emitter.stop()
             assert (emitter.sent, emitter.batches, sum(emitter.dropped.values())) == (3, 1, 0)
         finally:
@@ -140,14 +154,17 @@ def test_a_binary_event_and_the_same_event_in_the_twins_batch_store_identical_ro
         )
         for row in one + other:
             assert row.pop("received_at").tzinfo is not None
+        if kind == ev.RESPONSE:  # the twin's response time is when it queued the prediction
+            for row in one + other:
+                assert row.pop("time") >= OCCURRED
         assert one == other and one
     rows = store.read_kind(tmp_path / "batched", ev.REQUEST).to_pylist()
-    assert rows[0]["payload"] == events[0].body.decode() and rows[0]["user_key"] == "anon-7"
+    assert rows[0]["payload"] == predictions[0].body.decode() and rows[0]["user_key"] == "anon-7"
+    assert rows[0]["time"] == OCCURRED
     assert rows[1]["payload"] == "\ufffd not json" and rows[1]["instances"] is None
     (response,) = store.read_kind(tmp_path / "batched", ev.RESPONSE).to_pylist()
     assert (response["request_id"], response["model_version"]) == ("3f2a", "3")
     assert response["item_ids"] == [9, 8, 7]
-    assert response["time"] == events[1].occurred
 
 
 async def _metric(client: TestClient, name: str, **labels: str) -> float:
