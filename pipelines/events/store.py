@@ -32,8 +32,8 @@ from pipelines.events.schema import ARROW_SCHEMAS
 
 log = logging.getLogger(__name__)
 
-# Parquet's default codec, readable everywhere: a third of zstd's CPU per event, for part files
-# that are rewritten (compacted) rarely and read by `features build --events`
+# Parquet's default codec, readable everywhere: about half zstd's CPU per event (files 1.7x
+# larger), as the sink shares its machine with the predictor locally (docs/decisions.md)
 CODEC = "snappy"
 # columns with few distinct values, dictionary-encoded; ids and payloads are not (a dictionary of
 # unique values costs time and saves nothing)
