@@ -29,6 +29,10 @@ PASSWORD_ENV = "MLFLOW_TRACKING_PASSWORD"
 
 ADMIN, TRAINER, ROLLOUT, READER = "admin", "trainer", "rollout", "reader"
 IDENTITIES = (ADMIN, TRAINER, ROLLOUT, READER)
+# MLflow's cache of verified credentials (``auth_cache_ttl_seconds`` in basic_auth.ini, local and
+# in the cluster's ConfigMap): a password is checked with PBKDF2 at most once a minute per process
+# (successes only, keyed by an HMAC with a per-process key) instead of on every request
+AUTH_CACHE_TTL_S = 60
 # where `python -m pipelines.registry provision` finds each user's password (a Secret's key)
 PASSWORD_ENV_OF = {
     TRAINER: "MLFLOW_TRAINER_PASSWORD",

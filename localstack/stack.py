@@ -233,6 +233,9 @@ def _auth_env(settings: StackSettings) -> dict[str, str]:
         f"database_uri = sqlite:///{(settings.mlflow_dir / 'auth.db').resolve()}\n"
         f"admin_username = {users[credentials.ADMIN][0]}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # MLflow's own cache of verified credentials (HMAC-keyed, per process, successes only):
+        # without it every request pays a PBKDF2 check, ~0.3 s on this machine (docs/security.md)
+        f"auth_cache_ttl_seconds = {credentials.AUTH_CACHE_TTL_S}\n"
     )
     return {
         "MLFLOW_AUTH_CONFIG_PATH": str(config.resolve()),

@@ -292,7 +292,8 @@ def test_features_build_events_gives_a_snapshot_that_train_accepts(
     # training accepts it: the reader `pipelines.train` uses (`load_features`, above: manifest and
     # checksums verified) and the split, fit and evaluation it runs before talking to MLflow,
     # in-process with the cheapest model. A whole `pipelines.train` run (MLflow logging, gate,
-    # registration) is what `train_two_versions` does; repeating it here cost ~40 s of CI.
+    # registration) is what `train_two_versions` does; one here would add a version to the
+    # session's registry that the other tests' expectations do not know.
     from pipelines.train import TrainSettings, fit_and_evaluate
 
     fitted = fit_and_evaluate(snapshot, TrainSettings(data_dir=data_dir, model="popularity"))

@@ -139,7 +139,7 @@ def train_popularity(stack: Session) -> str:
     """The popularity model trained on the stack's snapshot: registered, failing the quality
     gate (exit 9, no alias) against the champion of `train_two_versions`.
 
-    Once per session, like `train_two_versions` (a training costs ~40 s, mostly MLflow calls):
+    Once per session, like `train_two_versions` (a training costs ~5 s, mostly MLflow calls):
     the canary tests serve it as a version users click less, the local-stack test checks what
     the training said (its stderr is kept in ``stack.outputs["popularity"]``).
     """

@@ -8,6 +8,7 @@ what the overlays must differ in, and that the manifests only set variables the 
 
 from __future__ import annotations
 
+import configparser
 import copy
 import functools
 import json
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from contracts import credentials
 from contracts.inferenceservice import CANARY_ANNOTATION_PREFIX, CANARY_PLAN_DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -451,6 +453,10 @@ def test_mlflow_is_single_writer_and_allows_its_namespaced_hosts(overlay):
     assert envs["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     for probe in ("readinessProbe", "livenessProbe"):
         assert c[probe]["httpGet"]["path"] == "/health"
+    ini = configparser.ConfigParser()
+    ini.read_string(by_kind(objs, "ConfigMap")["mlflow-auth-config"]["data"]["basic_auth.ini"])
+    assert ini.getint("mlflow", "auth_cache_ttl_seconds") == credentials.AUTH_CACHE_TTL_S
+    assert ini.get("mlflow", "default_permission") == "NO_PERMISSIONS"
 
 
 def test_overlays_differ_as_documented():
