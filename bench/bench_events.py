@@ -21,8 +21,11 @@
    of adjacent rounds in alternating order (off-on, on-off, ...; 5 s each, 8 connections,
    single-user V1 requests), so a drift of the machine's speed favours neither. Prints the median
    req/s of each and their ratio, each pair's on/off ratio and their median — the figure the
-   target (>= 0.95) is read from, as it compares rounds a few seconds apart — the sink's CPU time
-   per prediction while logging (it shares the 2 cores), and the events per batch the twin sent.
+   target (>= 0.95) is read from, as it compares rounds a few seconds apart — then the CPU time
+   per prediction of the ingress, the predictor, the sink and the load generator, off and on
+   (medians over the rounds; each includes the load's 1 s warm-up and the generator its start),
+   which says what the log costs without the drift of throughput, and the events per batch the
+   twin sent.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONNECTIONS = 16
 DURATION_S = 5.0
 BATCH = 100
-PAIRS = 8
+PAIRS = 12
 MODES = {
     "binary": "binary CloudEvents (1 per POST, as KServe)",
     "twin": f"CloudEvent batches ({BATCH}/POST, as the twin)",
@@ -252,18 +255,24 @@ def _peak_mb(pid: int) -> float:
 
 
 def _ingress_figures() -> None:
+    import resource
+
     from bench.bench_serving import DURATION_S as LOAD_S
-    from bench.bench_serving import _load
+    from bench.bench_serving import WARMUP_S, _load
     from contracts.names import MODEL_NAME
     from localstack.stack import running_pid, start, stop
     from tests.support.stack import local_stack, serve_only, train_two_versions, wait_for
+
+    def children_cpu() -> float:  # the load generators' CPU (they are this process's children)
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
 
     with tempfile.TemporaryDirectory(prefix="bench-logging-") as tmp, local_stack(Path(tmp)) as s:
         version = train_two_versions(s)["first"]
         serve_only(s, version)
         users = list(range(1, 200))
         figures: dict[bool, list[float]] = {True: [], False: []}
-        sink_cpu = predictions = 0.0
+        cpu: dict[bool, list[dict[str, float]]] = {True: [], False: []}
         sent = ""
         for pair in range(PAIRS):
             # off-on, on-off, off-on, ...: a machine that speeds up or slows down over the run
@@ -273,13 +282,19 @@ def _ingress_figures() -> None:
                 stop(settings, "ingress")
                 start(settings, "ingress")
                 wait_for("serving", lambda: s.predict([{"user_id": 1}]).status_code == 200, 120)
-                sink_pid = running_pid(s.settings, "events")
-                cpu = _cpu_seconds(sink_pid) if sink_pid else 0.0
+                # the ingress runs the controller, which starts the revision's predictor anew
+                predictor = _pid_of(f"model_server --model_name {MODEL_NAME}")
+                pids = {"ingress": running_pid(s.settings, "ingress"), "predictor": predictor,
+                        "sink": running_pid(s.settings, "events")}  # fmt: skip
+                before = {name: _cpu_seconds(pid) for name, pid in pids.items() if pid}
+                load_before = children_cpu()
                 result = _load(s.settings.ingress_port, MODEL_NAME, users)
                 figures[logging_on].append(result["rps"])
-                if logging_on and sink_pid:
-                    sink_cpu += _cpu_seconds(sink_pid) - cpu
-                    predictions += result["rps"] * LOAD_S
+                # CPU per prediction over the load's warm-up and measured seconds
+                answered = result["rps"] * (LOAD_S + WARMUP_S)
+                used = {name: _cpu_seconds(pids[name]) - t for name, t in before.items()}
+                used["load"] = children_cpu() - load_before
+                cpu[logging_on].append({k: v / answered * 1e6 for k, v in used.items()})
                 if logging_on:
                     sent = _ingress_sent(s)  # this ingress's counters, before its restart
     on, off = statistics.median(figures[True]), statistics.median(figures[False])
@@ -292,11 +307,24 @@ def _ingress_figures() -> None:
         f"{', '.join(f'{x:.0f}' for x in figures[True])}; off: "
         f"{', '.join(f'{x:.0f}' for x in figures[False])})"
     )
-    per_prediction = sink_cpu / max(predictions, 1) * 1e6
+    names = ("ingress", "predictor", "sink", "load")
+    med = {
+        on_: {n: statistics.median(r.get(n, 0.0) for r in cpu[on_]) for n in names}
+        for on_ in (False, True)
+    }
+    total = {on_: sum(med[on_].values()) for on_ in (False, True)}
     print(
-        f"through the ingress: the sink's CPU while logging, {per_prediction:.0f} us per "
-        f"prediction (on the same 2 cores); events delivered in the last round logging: {sent}"
+        "through the ingress: CPU per prediction (medians, us), logging off -> on: "
+        + ", ".join(f"{n} {med[False][n]:.0f} -> {med[True][n]:.0f}" for n in names)
+        + f"; all four {total[False]:.0f} -> {total[True]:.0f} ({total[True] / total[False]:.3f}x; "
+        f"the sink alone is {med[True]['sink'] / total[True]:.1%} of it, on the same 2 cores)"
     )
+    print(f"through the ingress: events delivered in the last round logging: {sent}")
+
+
+def _pid_of(pattern: str) -> int | None:
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+    return int(found.split()[0]) if found.split() else None
 
 
 def _ingress_sent(stack: Any) -> str:
