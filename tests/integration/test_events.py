@@ -7,6 +7,7 @@ that training accepts. The crash test runs a sink process of its own.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
@@ -21,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
+from contracts import credentials
 from contracts import events as ev
 from localstack.processes import free_port, wait_healthy
 from localstack.stack import start, stop
@@ -28,6 +30,7 @@ from pipelines.events.store import part_files, read_kind
 from tests.support.stack import (
     REPO_ROOT,
     Session,
+    registered_version,
     serve_only,
     train_two_versions,
     wait_for,
@@ -289,14 +292,23 @@ def test_features_build_events_gives_a_snapshot_that_train_accepts(
     assert snapshot.manifest["source"]["generator"] is None
     assert snapshot.interactions["user_id"].nunique() >= len(users)
     assert (snapshot.path / "exposures.parquet").is_file()
-    # training accepts it: the reader `pipelines.train` uses (`load_features`, above: manifest and
-    # checksums verified) and the split, fit and evaluation it runs before talking to MLflow,
-    # in-process with the cheapest model. A whole `pipelines.train` run (MLflow logging, gate,
-    # registration) is what `train_two_versions` does; one here would add a version to the
-    # session's registry that the other tests' expectations do not know.
-    from pipelines.train import TrainSettings, fit_and_evaluate
+    # training accepts it: the whole `pipelines.train` (load and verify, split, fit, evaluate,
+    # MLflow run, gate, registration), into a registered model of this test's own, so the
+    # session's `movie-recommender` versions stay what the other tests expect (as the admin:
+    # the trainer identity may write `movie-recommender` only)
+    model = "movie-recommender-from-events"
+    identity = credentials.read(stack.settings.root, credentials.ADMIN)
+    assert identity is not None
+    admin = {credentials.USERNAME_ENV: identity[0], credentials.PASSWORD_ENV: identity[1]}
+    trained = stack.run(
+        "pipelines.train", "--model", "popularity", "--registered-model", model,
+        env={**env, **admin},
+    )  # fmt: skip
+    version = registered_version(trained.stdout, model)
+    from mlflow import MlflowClient
 
-    fitted = fit_and_evaluate(snapshot, TrainSettings(data_dir=data_dir, model="popularity"))
-    assert not fitted.test.empty and fitted.test["user_id"].nunique() >= len(users) // 2
-    assert 0.0 <= fitted.metrics["ndcg_at_10"] <= 1.0
-    assert fitted.split_key.startswith(f"{snapshot.version}:")
+    client = MlflowClient(tracking_uri=stack.settings.mlflow_url)
+    run = client.get_run(client.get_model_version(model, version).run_id)
+    assert run.data.tags["features_version"] == snapshot.version
+    assert json.loads(run.data.tags["features_source"])["events"]["files"] == files
+    assert 0.0 <= run.data.metrics["ndcg_at_10"] <= 1.0

@@ -111,9 +111,9 @@ def local_stack(root: Path) -> Iterator[Session]:
                 os.environ[key] = value
 
 
-def registered_version(stdout: str) -> str:
+def registered_version(stdout: str, model: str = MODEL) -> str:
     for line in stdout.splitlines():
-        if line.startswith(f"registered {MODEL} version "):
+        if line.startswith(f"registered {model} version "):
             return line.split()[3]
     raise AssertionError(f"no registered version in:\n{stdout}")
 
