@@ -23,7 +23,7 @@ import requests
 from contracts import credentials
 from contracts.names import MODEL_NAME as MODEL
 from contracts.names import VERSION_HEADER
-from localstack.processes import free_port
+from localstack.processes import free_ports
 from localstack.stack import StackSettings, down, up
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -68,15 +68,16 @@ class Session:
 @contextlib.contextmanager
 def local_stack(root: Path) -> Iterator[Session]:
     """Start a local stack with its state under ``root`` on free loopback ports; stop it after."""
+    mlflow, sandbox, ingress, events, prometheus = free_ports(5)  # distinct, all free now
     settings = StackSettings(
         root=root / ".local",
-        mlflow_port=free_port(),
-        sandbox_port=free_port(),
-        ingress_port=free_port(),
-        events_port=free_port(),
+        mlflow_port=mlflow,
+        sandbox_port=sandbox,
+        ingress_port=ingress,
+        events_port=events,
         frontend_dist=REPO_ROOT / "frontend" / "dist",
         data_dir=root / "data",
-        prometheus_port=free_port(),
+        prometheus_port=prometheus,
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TMDB_", "MLFLOW_"))}
     env.update(
